@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Seconds per training iteration of configs on this machine, with their real data loader.
+
+    python benchmarks/iteration_speed.py --iters 30 --warmup 5 CONFIG [CONFIG ...] [--opts K V ...]
+
+Builds each config's model and train loader as train_net.py does, runs ``warmup`` iterations, then
+times ``iters`` forward+backward+SGD steps, and prints one Markdown row per config with the command,
+machine and date (and appends them as JSON lines to ``--out``).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train_net import Trainer, setup  # noqa: E402
+
+
+def time_config(config_file: str, iters: int, warmup: int, opts: list) -> dict:
+    args = argparse.Namespace(config_file=config_file, opts=list(opts) + [
+        "OUTPUT_DIR", "/tmp/iteration_speed", "SOLVER.MAX_ITER", str(iters + warmup)],
+        eval_only=False, resume=False, num_gpus=1)
+    cfg = setup(args)
+    model = Trainer.build_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    loader = iter(Trainer.build_train_loader(cfg))
+    from detectron2.utils.events import EventStorage
+
+    model.train()
+    times = []
+    with EventStorage(0):
+        for i in range(warmup + iters):
+            batch = next(loader)
+            start = time.perf_counter()
+            losses = sum(model(batch).values())
+            optimizer.zero_grad()
+            losses.backward()
+            optimizer.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    times.sort()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"config": config_file, "sec_per_iter_mean": sum(times) / len(times),
+            "sec_per_iter_median": times[len(times) // 2], "iters": iters,
+            "batch": cfg.SOLVER.IMS_PER_BATCH, "params": params}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results/iteration_speed.jsonl")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
+    a = p.parse_args()
+    meta = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} threads"}
+    print(f"command: {meta['command']}\nmachine: {meta['machine']}\ndate: {meta['date']}\n")
+    print("| config | s/iter (median) | s/iter (mean) | batch | params |\n|---|---|---|---|---|")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    for c in a.configs:
+        r = {**time_config(c, a.iters, a.warmup, a.opts), **meta}
+        print(f"| {c} | {r['sec_per_iter_median']:.3f} | {r['sec_per_iter_mean']:.3f} | "
+              f"{r['batch']} | {r['params'] / 1e6:.2f}M |", flush=True)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Datasets: the embedded synthetic "shapes" dataset and COCO-format datasets from the config.
+
+Importing this package registers ``shapes_train`` (2000 images), ``shapes_val`` (300),
+``shapes_mini_train`` (32) and ``shapes_mini_val`` (16) in Detectron2's DatasetCatalog; each is
+generated on first use under ``$DETECTRON2_DATASETS/shapes`` (default ``datasets/shapes``).
+"""
+from .catalog import (
+    SHAPES_DATASETS,
+    UnknownDatasetError,
+    check_dataset_names,
+    ensure_generated,
+    register_coco_format_datasets,
+    register_shapes_datasets,
+)
+from .shapes import THING_CLASSES
+
+register_shapes_datasets()
+
+__all__ = [
+    "SHAPES_DATASETS",
+    "THING_CLASSES",
+    "UnknownDatasetError",
+    "check_dataset_names",
+    "ensure_generated",
+    "register_coco_format_datasets",
+    "register_shapes_datasets",
+]

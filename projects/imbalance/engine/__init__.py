@@ -1,0 +1,3 @@
+from .launch import create_ddp_model, launch
+
+__all__ = ["create_ddp_model", "launch"]

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Train and evaluate the detectors of this project, and Detectron2's baselines, with Detectron2.
+
+    python train_net.py --config-file configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    python train_net.py --config-file CONFIG --resume           # continue where training stopped
+    python train_net.py --config-file CONFIG --num-gpus 8       # CUDA: NCCL; no CUDA: gloo on CPU
+
+Every project's config is added, so any config of ``configs/`` runs from here.
+"""
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+)
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluators, verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from imbalance import add_imbalance_config
+from imbalance.diagnostics import insert_imbalance_stats_hook
+from imbalance.data import check_dataset_names, ensure_generated, register_coco_format_datasets
+from imbalance.engine import create_ddp_model, launch
+from iou_aware import add_iou_aware_config, build_localization_evaluator
+from offset_bin import add_offset_bin_config
+from r3cnn import add_r3cnn_config
+from r3cnn.evaluation import build_r3cnn_evaluator
+
+logger = logging.getLogger("detectron2")
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation, and data-parallel training on the CPU too."""
+
+    def __init__(self, cfg: CfgNode):
+        # DefaultTrainer.__init__, except for the DDP wrapper: Detectron2's passes CUDA device_ids,
+        # which DistributedDataParallel rejects for a CPU model.
+        TrainerBase.__init__(self)
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """Detectron2's hooks, plus the one that totals the imbalance diagnostics between writes."""
+        return insert_imbalance_stats_hook(super().build_hooks())
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
+        """COCO AP of boxes, and of masks when the model predicts them (pycocotools); and the
+        localization quality of the boxes (AP at IoU 0.5..0.9, score-IoU correlation)."""
+        ensure_generated(dataset_name)
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        # COCOEvaluator for boxes (and masks; those ranked by R^3-CNN-L's MaskIoU mask scores when
+        # its branch is on). use_fast_impl=False: the fast COCOeval is compiled C++, which our
+        # Detectron2 build lacks.
+        return DatasetEvaluators([
+            build_r3cnn_evaluator(dataset_name, cfg.MODEL.MASK_ON, cfg.MODEL.R3CNN.MASKIOU_ON,
+                                  output_folder, distributed=True, use_fast_impl=False),
+            build_localization_evaluator(cfg, dataset_name, output_folder),
+        ])
+
+
+def setup(args) -> CfgNode:
+    """Config from every project's defaults, the file and the command line; then Detectron2's
+    default setup (output dir, logging, seed)."""
+    cfg = get_cfg()
+    add_imbalance_config(cfg)
+    add_r3cnn_config(cfg)
+    add_iou_aware_config(cfg)
+    add_offset_bin_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    register_coco_format_datasets(cfg)
+    check_dataset_names(cfg)
+    default_setup(cfg, args)
+    if cfg.MODEL.DEVICE == "cpu":
+        logger.info("Running on the CPU (no CUDA device available or MODEL.DEVICE=cpu)")
+    return cfg
+
+
+def check_weights(cfg: CfgNode) -> None:
+    """``--eval-only`` must not silently evaluate a randomly initialised model."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise ValueError("--eval-only needs trained weights: add MODEL.WEIGHTS path/to/model.pth")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights!r} does not exist")
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        check_weights(cfg)
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
