@@ -1,0 +1,83 @@
+"""IoU-balanced sampling: equal counts per IoU bin when every bin has enough negatives, filled from
+the other bins when one lacks them; positives spread evenly over ground-truth boxes."""
+import torch
+from detectron2.config import get_cfg
+
+import imbalance
+from imbalance.samplers import Candidates, build_roi_sampler
+from imbalance.samplers.iou_balanced import balanced_quotas
+
+K = 2
+
+
+def sampler(batch=32, fraction=0.25, bins=3):
+    cfg = get_cfg()
+    imbalance.add_imbalance_config(cfg)
+    cfg.MODEL.ROI_HEADS.SAMPLER = "iou_balanced"
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = batch
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = fraction
+    cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.6]
+    cfg.MODEL.ROI_HEADS.IOU_BALANCED.NUM_BINS = bins
+    return build_roi_sampler(cfg)
+
+
+def negatives(per_bin):
+    """Negatives with IoUs inside each of the 3 bins [0, .2), [.2, .4), [.4, .6)."""
+    ious = torch.cat([torch.full((n,), 0.2 * b + 0.1) for b, n in enumerate(per_bin)])
+    return ious
+
+
+def make(neg_per_bin, pos_per_gt=()):
+    neg_ious = negatives(neg_per_bin)
+    pos_ious = torch.full((sum(pos_per_gt),), 0.8)
+    pos_gt = torch.cat([torch.full((n,), g, dtype=torch.long) for g, n in enumerate(pos_per_gt)]
+                       ) if pos_per_gt else torch.zeros(0, dtype=torch.long)
+    labels = torch.cat([torch.zeros(len(pos_ious), dtype=torch.long),
+                        torch.full((len(neg_ious),), K)])
+    ious = torch.cat([pos_ious, neg_ious])
+    matched = torch.cat([pos_gt, torch.zeros(len(neg_ious), dtype=torch.long)])
+    return Candidates(labels, ious, matched, K)
+
+
+def neg_bin_counts(c, idx):
+    neg = idx[c.labels[idx] == K]
+    return torch.bincount((c.ious[neg] / 0.2).long(), minlength=3).tolist()
+
+
+def test_equal_counts_per_bin_when_each_bin_has_enough():
+    c = make([100, 30, 20])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        idx = sampler(batch=24)(c).indices  # no positives: 24 negatives, 8 per bin
+        assert neg_bin_counts(c, idx) == [8, 8, 8]
+        assert len(set(idx.tolist())) == 24
+
+
+def test_fills_from_other_bins_when_one_lacks():
+    c = make([100, 30, 3])
+    torch.manual_seed(0)
+    idx = sampler(batch=24)(c).indices
+    # bin 2 gives its 3; the other 21 are shared evenly by bins 0 and 1 (one gets the odd one)
+    counts = neg_bin_counts(c, idx)
+    assert counts[2] == 3 and sorted(counts[:2]) == [10, 11]
+    c = make([100, 4, 3])
+    idx = sampler(batch=24)(c).indices
+    assert neg_bin_counts(c, idx) == [17, 4, 3]
+
+
+def test_instance_balanced_positives_and_random_counts():
+    c = make([50, 50, 50], pos_per_gt=(30, 2, 10))
+    torch.manual_seed(1)
+    idx = sampler(batch=32, fraction=0.25)(c).indices
+    pos = idx[c.labels[idx] == 0]
+    # 8 positives as Detectron2's 1:3 split; gt 1 has only 2, gts 0 and 2 share the rest: 3 each
+    assert torch.bincount(c.matched_idxs[pos], minlength=3).tolist() == [3, 2, 3]
+    assert neg_bin_counts(c, idx) == [8, 8, 8]
+
+
+def test_balanced_quotas_water_filling():
+    assert balanced_quotas(torch.tensor([10, 10, 10]), 9).tolist() == [3, 3, 3]
+    assert balanced_quotas(torch.tensor([1, 10, 10]), 9).tolist() == [1, 4, 4]
+    assert balanced_quotas(torch.tensor([1, 2, 0]), 9).tolist() == [1, 2, 0]
+    q = balanced_quotas(torch.tensor([5, 5, 5]), 4)
+    assert sorted(q.tolist()) == [1, 1, 2]

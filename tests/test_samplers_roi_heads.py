@@ -1,0 +1,187 @@
+"""The sampling ROI heads: Detectron2's sampling with ``random``, OHEM's candidate predictions, and
+Cascade R-CNN through the registry."""
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers, build_roi_heads
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import EventStorage
+
+import imbalance
+from imbalance.samplers import SamplingCascadeROIHeads, SamplingStandardROIHeads
+
+K = 3
+SHAPES = {"p2": ShapeSpec(channels=8, stride=4), "p3": ShapeSpec(channels=8, stride=8)}
+
+
+def head_cfg(name, sampler="random", batch=16):
+    cfg = get_cfg()
+    imbalance.add_imbalance_config(cfg)
+    cfg.MODEL.ROI_HEADS.NAME = name
+    cfg.MODEL.ROI_HEADS.SAMPLER = sampler
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = K
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3"]
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = batch
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+    if "Cascade" in name:
+        cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    return cfg
+
+
+def build(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_roi_heads(cfg, SHAPES)
+
+
+def batch():
+    """Two 64x64 images: two ground-truth boxes and 40 proposals, and an empty image."""
+    g = torch.Generator().manual_seed(7)
+    proposals, targets = [], []
+    for num_gt in (2, 0):
+        t = Instances((64, 64))
+        t.gt_boxes = Boxes(torch.tensor([[4.0, 4, 30, 34], [28, 20, 60, 58]])[:num_gt])
+        t.gt_classes = torch.tensor([1, 2])[:num_gt]
+        p = Instances((64, 64))
+        xy = torch.rand(40, 2, generator=g) * 40
+        p.proposal_boxes = Boxes(torch.cat([xy, xy + 6 + torch.rand(40, 2, generator=g) * 20], 1))
+        # some proposals near the ground truth, so there are positives
+        if num_gt:
+            p.proposal_boxes.tensor[:6] = t.gt_boxes.tensor.repeat(3, 1) + torch.randn(
+                6, 4, generator=g) * 3
+        p.objectness_logits = torch.randn(40, generator=g)
+        proposals.append(p)
+        targets.append(t)
+    features = {"p2": torch.randn(2, 8, 16, 16, generator=g),
+                "p3": torch.randn(2, 8, 8, 8, generator=g)}
+    return features, proposals, targets
+
+
+def test_random_sampling_head_equals_standard_roi_heads():
+    _, proposals, targets = batch()
+    ours = build(head_cfg("SamplingStandardROIHeads"))
+    theirs = build(head_cfg("StandardROIHeads"))
+    assert isinstance(ours, SamplingStandardROIHeads)
+    assert type(ours.box_predictor) is FastRCNNOutputLayers
+    for seed in range(3):
+        with EventStorage():
+            torch.manual_seed(seed)
+            a = theirs.label_and_sample_proposals(proposals, targets)
+            torch.manual_seed(seed)
+            b = ours.label_and_sample_proposals(proposals, targets)
+        for x, y in zip(a, b):
+            assert torch.equal(x.proposal_boxes.tensor, y.proposal_boxes.tensor)
+            assert torch.equal(x.gt_classes, y.gt_classes)
+            assert x.has("gt_boxes") == y.has("gt_boxes")
+            if x.has("gt_boxes"):
+                assert torch.equal(x.gt_boxes.tensor, y.gt_boxes.tensor)
+            assert torch.equal(y.loss_weights, torch.ones(len(y)))
+
+
+def test_random_sampling_head_same_losses_and_weights_as_standard():
+    features, proposals, targets = batch()
+    ours = build(head_cfg("SamplingStandardROIHeads"))
+    theirs = build(head_cfg("StandardROIHeads"))
+    ours.train(), theirs.train()
+    with EventStorage():
+        torch.manual_seed(0)
+        _, la = theirs(None, features, proposals, targets)
+        torch.manual_seed(0)
+        _, lb = ours(None, features, proposals, targets)
+    assert la.keys() == lb.keys()
+    for k in la:
+        assert torch.equal(la[k], lb[k]), k
+
+
+def single_roi_loss(head, features, image, proposal: Instances) -> float:
+    """Detectron2's own loss of one RoI: pool, box head, FastRCNNOutputLayers.losses with R=1."""
+    x = [features[f][image:image + 1] for f in ("p2", "p3")]
+    with torch.no_grad():
+        pred = head.box_predictor(head.box_head(head.box_pooler(x, [proposal.proposal_boxes])))
+        losses = FastRCNNOutputLayers.losses(head.box_predictor, pred, [proposal])
+    return float(losses["loss_cls"] + losses["loss_box_reg"])
+
+
+def test_ohem_head_keeps_top_loss_candidates_of_each_image():
+    features, proposals, targets = batch()
+    cfg = head_cfg("SamplingStandardROIHeads", "ohem", batch=10)
+    cfg.MODEL.ROI_HEADS.OHEM.NMS_THRESH = 0.0
+    head = build(cfg)
+    head.train()
+    with EventStorage():
+        head._sampling_features = features  # as forward() does
+        sampled = head.label_and_sample_proposals(proposals, targets)
+        candidates = add_ground_truth_to_proposals(targets, proposals)
+        for image, (cands, t, s) in enumerate(zip(candidates, targets, sampled)):
+            if len(t):
+                iou = pairwise_iou(t.gt_boxes, cands.proposal_boxes)
+                best, idx = iou.max(dim=0)
+                cands.gt_classes = torch.where(best >= 0.5, t.gt_classes[idx], torch.tensor(K))
+                cands.gt_boxes = t.gt_boxes[idx]
+            else:
+                cands.gt_classes = torch.full((len(cands),), K)
+            ref = torch.tensor([single_roi_loss(head, features, image, cands[i:i + 1])
+                                for i in range(len(cands))])
+            top = set(torch.sort(ref, descending=True).indices[:10].tolist())
+            kept = {tuple(b) for b in s.proposal_boxes.tensor.tolist()}
+            assert kept == {tuple(cands.proposal_boxes.tensor[i].tolist()) for i in top}
+
+
+@pytest.mark.parametrize("sampler", ["ohem", "iou_balanced", "pisa"])
+def test_every_sampler_trains_a_step_with_an_empty_image(sampler):
+    features, proposals, targets = batch()
+    cfg = head_cfg("SamplingStandardROIHeads", sampler)
+    if sampler == "pisa":
+        cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "WeightedFastRCNNOutputLayers"
+    head = build(cfg)
+    head.train()
+    with EventStorage() as storage:
+        _, losses = head(None, features, proposals, targets)
+        sum(losses.values()).backward()
+        assert storage.latest()["imbalance/roi_head/num_fg"][0] > 0
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert head._sampling_features is None
+
+
+def test_cascade_with_random_equals_detectron2_cascade():
+    features, proposals, targets = batch()
+    ours = build(head_cfg("SamplingCascadeROIHeads"))
+    theirs = build(head_cfg("CascadeROIHeads"))
+    assert isinstance(ours, SamplingCascadeROIHeads)
+    ours.load_state_dict(theirs.state_dict())
+    ours.train(), theirs.train()
+    with EventStorage():
+        torch.manual_seed(0)
+        _, la = theirs(None, features, proposals, targets)
+    with EventStorage() as storage:
+        torch.manual_seed(0)
+        _, lb = ours(None, features, proposals, targets)
+        latest = storage.latest()
+    assert la.keys() == lb.keys()
+    for k in la:
+        assert torch.allclose(la[k], lb[k], rtol=0, atol=0), k
+    for stage in ("stage0", "stage1", "stage2"):
+        assert f"imbalance/{stage}/num_fg" in latest and f"imbalance/{stage}/iou_0.95" in latest
+    # later stages label every box: fg + bg = all boxes of both images
+    ours_total = latest["imbalance/stage1/num_fg"][0] + latest["imbalance/stage1/num_bg"][0]
+    d2_per_image = (latest["stage1/roi_head/num_fg_samples"][0]
+                    + latest["stage1/roi_head/num_bg_samples"][0])
+    assert ours_total == d2_per_image * 2
+
+
+def test_cascade_ohem_uses_stage0_modules_and_weighted_predictors():
+    features, proposals, targets = batch()
+    cfg = head_cfg("SamplingCascadeROIHeads", "pisa")
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "WeightedFastRCNNOutputLayers"
+    head = build(cfg)
+    assert all(getattr(p, "honours_loss_weights", False) for p in head.box_predictor)
+    assert head.sampling_box_modules("stage0")[0] is head.box_head[0]
+    head.train()
+    with EventStorage():
+        _, losses = head(None, features, proposals, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
