@@ -1,0 +1,419 @@
+"""R^3-CNN's ROI heads: Mask R-CNN's single box head and single mask head, used in a loop.
+
+Paper: Vecchietti et al., "Recursively Refined R-CNN: Instance Segmentation with Self-RoI
+Rebalancing" (Sec. 3, Eq. 1-2, Fig. 1b).
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, cat
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.modeling.roi_heads.mask_head import (
+    BaseMaskRCNNHead,
+    MaskRCNNConvUpsampleHead,
+    mask_rcnn_inference,
+    mask_rcnn_loss,
+)
+from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from imbalance.modeling.box_predictor import PredictorFromConfigMixin
+from imbalance.samplers.roi_heads import RoISamplingMixin
+from torch import nn
+
+from .maskiou_head import MaskIoUHead, mask_iou_targets
+
+
+# Objectness logit of a ground-truth box appended to the proposals, as Detectron2's
+# add_ground_truth_to_proposals: P(object) = sigmoid(logit) ~ 1.
+_GT_LOGIT = math.log((1.0 - 1e-10) / (1 - (1.0 - 1e-10)))
+
+
+def check_loop_config(num_loops_train: int, num_loops_test: int, iou_thresholds: Sequence[float],
+                      loop_loss_weights: Sequence[float]) -> None:
+    """Raise ``ValueError`` on an inconsistent ``MODEL.R3CNN`` (checked when the heads are built)."""
+    if num_loops_train < 1:
+        raise ValueError(f"MODEL.R3CNN.NUM_LOOPS_TRAIN must be >= 1, got {num_loops_train}")
+    if num_loops_test < 1:
+        raise ValueError(f"the number of test loops must be >= 1, got {num_loops_test}")
+    if len(iou_thresholds) != num_loops_train:
+        raise ValueError(
+            f"MODEL.R3CNN.IOU_THRESHOLDS has {len(iou_thresholds)} values "
+            f"({list(iou_thresholds)}) but NUM_LOOPS_TRAIN is {num_loops_train}: one per loop")
+    if len(loop_loss_weights) != num_loops_train:
+        raise ValueError(
+            f"MODEL.R3CNN.LOOP_LOSS_WEIGHTS has {len(loop_loss_weights)} values "
+            f"({list(loop_loss_weights)}) but NUM_LOOPS_TRAIN is {num_loops_train}: one per loop")
+    for u in iou_thresholds:
+        if not 0.0 < u < 1.0:
+            raise ValueError(f"MODEL.R3CNN.IOU_THRESHOLDS must lie in (0, 1), got {u}")
+
+
+@ROI_HEADS_REGISTRY.register()
+class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads):
+    """Recursively Refined R-CNN (Fig. 1b): one box head + predictor and one mask head, looped.
+
+    Training, loop t = 0 .. NUM_LOOPS_TRAIN-1 (Eq. 1-2):
+
+    1. re-label and re-sample the current proposals b^t at the loop's IoU threshold u^t
+       (ground truth added in every loop, the boxes regressed from it dropped before the next,
+       as in the authors' code; ``BATCH_SIZE_PER_IMAGE`` at ``POSITIVE_FRACTION`` through the
+       configured RoI sampler; per-loop IoU histogram and fg:bg logged as ``imbalance/loop{t}``);
+    2. pool them, run the one box head and predictor; classification and box losses;
+    3. the regressed (class-agnostic) boxes, detached and clipped, are b^{t+1};
+    4. mask branch (HTC-style interleaving): b^{t+1} plus the ground-truth boxes is re-labelled
+       at u^t (no subsampling) and the mask head is trained on its positives; with ``MASK_INFO_FLOW`` the mask head runs t+1 times on these
+       RoIs, each pass receiving the previous pass's mask features through a 1x1 conv (HTC's
+       information flow with one shared head). Optional MaskIoU loss (R^3-CNN-L).
+
+    Every loss of loop t is multiplied by ``LOOP_LOSS_WEIGHTS[t]`` and named ``<loss>_loop{t}``.
+
+    Inference: NUM_LOOPS_TEST loops of box head + predictor; class probabilities averaged over the
+    loops (Sec. 3, last paragraph), boxes from the last loop, NMS, then masks on the final boxes
+    (the average of the NUM_LOOPS_TEST passes' mask logits with the information flow).
+
+    Redefines ``forward`` and ``_forward_mask``; pooling, box head, predictor (built by
+    ``MODEL.ROI_BOX_HEAD.PREDICTOR``), mask head and ``forward_with_given_boxes`` are
+    ``StandardROIHeads``'. Regression must be class-agnostic (``CLS_AGNOSTIC_BBOX_REG: True`` is
+    required, not forced: a config without it is an error). Keypoints are not supported.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_loops_train: int,
+        num_loops_test: int,
+        iou_thresholds: Sequence[float],
+        loop_loss_weights: Sequence[float],
+        mask_flow_conv: Optional[nn.Module] = None,
+        maskiou_head: Optional[nn.Module] = None,
+        maskiou_loss_weight: float = 1.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            num_loops_train, num_loops_test: loops L_t and L_e.
+            iou_thresholds: u^t of each training loop (Eq. 2).
+            loop_loss_weights: weight of each training loop's losses.
+            mask_flow_conv: the 1x1 conv (+ReLU) of the mask information flow, or None for no
+                flow. Needs a ``MaskRCNNConvUpsampleHead`` mask head.
+            maskiou_head: a :class:`MaskIoUHead`, or None.
+            maskiou_loss_weight: weight of the MaskIoU L2 loss.
+            kwargs: as for ``StandardROIHeads`` (+ ``roi_sampler``).
+        """
+        super().__init__(**kwargs)
+        check_loop_config(num_loops_train, num_loops_test, iou_thresholds, loop_loss_weights)
+        if self.keypoint_on:
+            raise ValueError("R3CNNROIHeads does not support keypoints (MODEL.KEYPOINT_ON)")
+        if self.mask_on:
+            if self.mask_pooler is None or not isinstance(self.mask_head, BaseMaskRCNNHead):
+                raise ValueError("R3CNNROIHeads needs a pooled BaseMaskRCNNHead mask head "
+                                 "(MODEL.ROI_MASK_HEAD.POOLER_TYPE set)")
+            if mask_flow_conv is not None and not isinstance(self.mask_head,
+                                                             MaskRCNNConvUpsampleHead):
+                raise ValueError("MODEL.R3CNN.MASK_INFO_FLOW needs MaskRCNNConvUpsampleHead, got "
+                                 f"{type(self.mask_head).__name__}")
+        elif mask_flow_conv is not None or maskiou_head is not None:
+            raise ValueError("mask information flow / MaskIoU need MODEL.MASK_ON")
+        self.num_loops_train = num_loops_train
+        self.num_loops_test = num_loops_test
+        self.iou_thresholds = list(iou_thresholds)
+        self.loop_loss_weights = list(loop_loss_weights)
+        # One matcher per loop: Eq. (2), positive iff IoU >= u^t, as Detectron2's RoI matcher.
+        self.loop_matchers = [Matcher([u], [0, 1], allow_low_quality_matches=False)
+                              for u in self.iou_thresholds]
+        self.mask_flow_conv = mask_flow_conv
+        self.maskiou_head = maskiou_head
+        self.maskiou_loss_weight = maskiou_loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        r3 = cfg.MODEL.R3CNN
+        if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
+            raise ValueError("R3CNNROIHeads regresses class-agnostically (one regressor, all loops):"
+                             " set MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True")
+        if cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES:
+            raise ValueError("MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES has no meaning in R3CNNROIHeads")
+        num_loops_test = r3.NUM_LOOPS_TEST if r3.NUM_LOOPS_TEST >= 1 else r3.NUM_LOOPS_TRAIN
+        check_loop_config(r3.NUM_LOOPS_TRAIN, num_loops_test, r3.IOU_THRESHOLDS,
+                          r3.LOOP_LOSS_WEIGHTS)
+        ret = super().from_config(cfg, input_shape)
+        ret.update(
+            num_loops_train=r3.NUM_LOOPS_TRAIN,
+            num_loops_test=num_loops_test,
+            iou_thresholds=list(r3.IOU_THRESHOLDS),
+            loop_loss_weights=list(r3.LOOP_LOSS_WEIGHTS),
+            maskiou_loss_weight=r3.MASKIOU_LOSS_WEIGHT,
+        )
+        if cfg.MODEL.MASK_ON:
+            in_channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
+            mask_head = ret["mask_head"]
+            # A single training loop has no flow to learn (the conv would stay untrained).
+            if r3.MASK_INFO_FLOW and r3.NUM_LOOPS_TRAIN > 1:
+                if not isinstance(mask_head, MaskRCNNConvUpsampleHead):
+                    raise ValueError("MODEL.R3CNN.MASK_INFO_FLOW needs MODEL.ROI_MASK_HEAD.NAME "
+                                     "MaskRCNNConvUpsampleHead (or a subclass)")
+                # HTC: the previous pass's features (after the mask convs) go through a 1x1 conv
+                # (+ReLU) and are added to the pooled RoI features of the next pass.
+                conv = Conv2d(mask_head.deconv.in_channels, in_channels, kernel_size=1,
+                              activation=nn.ReLU())
+                weight_init.c2_msra_fill(conv)
+                ret["mask_flow_conv"] = conv
+            if r3.MASKIOU_ON:
+                num_classes = (1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK
+                               else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+                ret["maskiou_head"] = MaskIoUHead(
+                    in_channels, cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, num_classes,
+                    num_conv=r3.MASKIOU_NUM_CONV, conv_dim=r3.MASKIOU_CONV_DIM,
+                    num_fc=r3.MASKIOU_NUM_FC, fc_dim=r3.MASKIOU_FC_DIM,
+                    use_nonlocal=r3.MASKIOU_NONLOCAL,
+                    nonlocal_kernel_size=r3.NONLOCAL_KERNEL_SIZE,
+                    nonlocal_reduction=r3.NONLOCAL_REDUCTION)
+        elif r3.MASKIOU_ON:
+            raise ValueError("MODEL.R3CNN.MASKIOU_ON needs MODEL.MASK_ON")
+        return ret
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        """
+        Args: as :meth:`ROIHeads.forward`.
+        Returns:
+            In training: the last loop's sampled proposals and the dict of losses
+            ``loss_cls_loop{t}``, ``loss_box_reg_loop{t}`` (and the predictor's other keys),
+            ``loss_mask_loop{t}``, ``loss_maskiou_loop{t}``, each weighted by its loop's weight.
+            In inference: the detections (``pred_boxes``, ``scores``, ``pred_classes``,
+            ``pred_masks`` and, with MaskIoU, ``pred_maskiou`` and ``mask_scores``), and ``{}``.
+        """
+        del images
+        if self.training:
+            assert targets, "'targets' argument is required during training"
+            # RoISamplingMixin.forward is bypassed (this forward comes first in the MRO): keep the
+            # features reachable by its candidate_predictions (OHEM, PISA) as it does.
+            with self.sampling_features(features):
+                return self._forward_train(features, proposals, targets)
+        pred_instances = self._forward_box_inference(features, proposals)
+        return self.forward_with_given_boxes(features, pred_instances), {}
+
+    def _box_predictions(self, features: List[torch.Tensor], proposals: List[Instances]):
+        """One pass of the shared box head and predictor (Eq. 1: h(x^t), f(x^t, b^t))."""
+        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        return self.box_predictor(self.box_head(box_features))
+
+    def _refined_proposals(self, predictions, proposals: List[Instances]) -> List[Instances]:
+        """b^{t+1} = f(x^t, b^t): the regressed boxes, detached and clipped, as new proposals.
+
+        In training, empty boxes and the boxes regressed from appended ground-truth RoIs are
+        dropped, and ``objectness_logits`` is carried along; at inference every box is kept, so
+        that the scores of the loops stay aligned.
+        """
+        boxes = self.box_predictor.predict_boxes(predictions, proposals)
+        refined = []
+        for boxes_per_image, prop in zip(boxes, proposals):
+            if boxes_per_image.shape[1] != 4:
+                raise ValueError("R3CNNROIHeads needs class-agnostic boxes (R, 4) from the "
+                                 f"predictor, got {tuple(boxes_per_image.shape)}")
+            b = Boxes(boxes_per_image.detach())
+            b.clip(prop.image_size)
+            new = Instances(prop.image_size)
+            if self.training:
+                keep = b.nonempty()
+                if prop.has("from_gt"):  # drop the boxes regressed from ground-truth RoIs
+                    keep &= ~prop.from_gt
+                new.proposal_boxes = b[keep]
+                logits = (prop.objectness_logits if prop.has("objectness_logits")
+                          else torch.zeros(len(prop), device=b.device))
+                new.objectness_logits = logits[keep].detach()
+            else:
+                new.proposal_boxes = b
+            refined.append(new)
+        return refined
+
+    @staticmethod
+    def _append_gt(proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+        """Add the ground-truth boxes to each image's proposals, after them (the order of
+        Detectron2's ``add_ground_truth_to_proposals``), marked by a boolean field ``from_gt``.
+
+        R^3-CNN adds the ground truth in every loop and, as the authors' (mmdetection) code,
+        drops the boxes regressed from these ground-truth RoIs before the next loop, so copies of
+        the ground truth do not pile up over the loops. Only ``proposal_boxes`` and
+        ``objectness_logits`` are kept.
+        """
+        out = []
+        for prop, tgt in zip(proposals, targets):
+            boxes = prop.proposal_boxes
+            logits = (prop.objectness_logits if prop.has("objectness_logits")
+                      else torch.zeros(len(prop), device=boxes.device))
+            n, g = len(prop), len(tgt)
+            ours = Instances(prop.image_size, proposal_boxes=boxes, objectness_logits=logits,
+                             from_gt=torch.zeros(n, dtype=torch.bool, device=boxes.device))
+            gt = Instances(prop.image_size, proposal_boxes=tgt.gt_boxes.to(boxes.device),
+                           objectness_logits=torch.full((g,), _GT_LOGIT, device=boxes.device),
+                           from_gt=torch.ones(g, dtype=torch.bool, device=boxes.device))
+            out.append(Instances.cat([ours, gt]))
+        return out
+
+    @torch.no_grad()
+    def _label_boxes(self, proposals: List[Instances], targets: List[Instances],
+                     matcher: Matcher) -> List[Instances]:
+        """Label every proposal against the ground truth with ``matcher`` (Eq. 2), no sampling:
+        sets ``gt_classes`` (``num_classes`` for background) and the matched ``gt_*`` fields."""
+        for prop, tgt in zip(proposals, targets):
+            if len(tgt) > 0 and len(prop) > 0:
+                matched_idxs, matched_labels = matcher(
+                    pairwise_iou(tgt.gt_boxes, prop.proposal_boxes))
+                gt_classes = tgt.gt_classes[matched_idxs]
+                gt_classes[matched_labels == 0] = self.num_classes
+                for name, value in tgt.get_fields().items():
+                    if name.startswith("gt_") and name != "gt_classes":
+                        prop.set(name, value[matched_idxs])
+            else:
+                gt_classes = torch.full((len(prop),), self.num_classes, dtype=torch.int64,
+                                        device=prop.proposal_boxes.device)
+            prop.gt_classes = gt_classes
+        return proposals
+
+    def _forward_train(self, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                       targets: List[Instances]):
+        box_features = [features[f] for f in self.box_in_features]
+        losses: Dict[str, torch.Tensor] = {}
+        for t in range(self.num_loops_train):
+            matcher = self.loop_matchers[t]
+            if self.proposal_append_gt:
+                proposals = self._append_gt(proposals, targets)
+            # Re-label and re-sample b^t at u^t (Eq. 2); logs imbalance/loop{t}/...
+            proposals = self.label_and_sample_proposals(proposals, targets, stage=f"loop{t}",
+                                                        matcher=matcher, append_gt=False)
+            predictions = self._box_predictions(box_features, proposals)
+            loop_losses = dict(self.box_predictor.losses(predictions, proposals))
+            with torch.no_grad():
+                refined = self._refined_proposals(predictions, proposals)
+            if self.mask_on:
+                # HTC interleaving: the mask head learns on the refined boxes, re-labelled at u^t.
+                mask_rois = refined
+                if self.proposal_append_gt:
+                    mask_rois = self._append_gt(mask_rois, targets)
+                mask_rois = self._label_boxes(
+                    [Instances(p.image_size, proposal_boxes=p.proposal_boxes) for p in mask_rois],
+                    targets, matcher)
+                loop_losses.update(self._forward_mask_train(features, mask_rois, num_passes=t + 1))
+            weight = self.loop_loss_weights[t]
+            losses.update({f"{k}_loop{t}": v * weight for k, v in loop_losses.items()})
+            last_sampled, proposals = proposals, refined
+        return last_sampled, losses
+
+    def _forward_box_inference(self, features: Dict[str, torch.Tensor],
+                               proposals: List[Instances]) -> List[Instances]:
+        """NUM_LOOPS_TEST loops; mean class probabilities, boxes of the last loop, then NMS."""
+        box_features = [features[f] for f in self.box_in_features]
+        probs_sum = None
+        for t in range(self.num_loops_test):
+            predictions = self._box_predictions(box_features, proposals)
+            probs = self.box_predictor.predict_probs(predictions, proposals)
+            probs_sum = list(probs) if probs_sum is None else [
+                a + b for a, b in zip(probs_sum, probs)]
+            if t < self.num_loops_test - 1:
+                proposals = self._refined_proposals(predictions, proposals)
+        boxes = self.box_predictor.predict_boxes(predictions, proposals)
+        scores = [p / self.num_loops_test for p in probs_sum]
+        predictor = self.box_predictor
+        instances, _ = fast_rcnn_inference(
+            boxes, scores, [p.image_size for p in proposals], predictor.test_score_thresh,
+            predictor.test_nms_thresh, predictor.test_topk_per_image)
+        return instances
+
+    # ------------------------------------------------------------------ masks
+    def _mask_pass(self, x: torch.Tensor, prev_feat: Optional[torch.Tensor],
+                   need_logits: bool = True):
+        """One pass of the shared mask head with HTC's information flow.
+
+        ``x`` is the pooled RoI features; ``prev_feat`` the previous pass's features after the
+        mask convs (None in the first pass). Returns ``(logits or None, features after convs)``.
+        """
+        head = self.mask_head
+        if prev_feat is not None:
+            x = x + self.mask_flow_conv(prev_feat)
+        for conv in head.conv_norm_relus:
+            x = conv(x)
+        logits = head.predictor(F.relu(head.deconv(x))) if need_logits else None
+        return logits, x
+
+    def _mask_logits(self, x: torch.Tensor, num_passes: int) -> List[torch.Tensor]:
+        """Mask logits of each pass: one pass of the plain head, or ``num_passes`` passes chained
+        by the information flow (only the last pass's logits when training)."""
+        if self.mask_flow_conv is None:
+            return [self.mask_head.layers(x)]
+        logits, feat = [], None
+        for k in range(num_passes):
+            need = (not self.training) or k == num_passes - 1
+            out, feat = self._mask_pass(x, feat, need_logits=need)
+            if out is not None:
+                logits.append(out)
+        return logits
+
+    def _forward_mask_train(self, features: Dict[str, torch.Tensor], instances: List[Instances],
+                            num_passes: int) -> Dict[str, torch.Tensor]:
+        """Mask (and MaskIoU) loss of one loop on the positives of ``instances``."""
+        instances, _ = select_foreground_proposals(instances, self.num_classes)
+        x = self.mask_pooler([features[f] for f in self.mask_in_features],
+                             [i.proposal_boxes for i in instances])
+        logits = self._mask_logits(x, num_passes)[-1]
+        losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.mask_head.vis_period)
+                  * self.mask_head.loss_weight}
+        if self.maskiou_head is not None:
+            losses["loss_maskiou"] = self._maskiou_loss(x, logits, instances)
+        return losses
+
+    def _class_mask_probs(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(R, M, M) probabilities of each RoI's class (or of the class-agnostic mask)."""
+        if logits.shape[1] == 1:
+            return logits[:, 0].sigmoid()
+        return logits[torch.arange(len(classes), device=logits.device), classes].sigmoid()
+
+    def _maskiou_loss(self, x: torch.Tensor, logits: torch.Tensor,
+                      instances: List[Instances]) -> torch.Tensor:
+        """Mask Scoring R-CNN's L2 loss between predicted and actual mask IoU, ground-truth class."""
+        gt_classes = (cat([i.gt_classes for i in instances]) if instances
+                      else torch.zeros(0, dtype=torch.int64, device=x.device))
+        mask_probs = self._class_mask_probs(logits, gt_classes).detach()
+        pred = self.maskiou_head(x, mask_probs[:, None])
+        if len(gt_classes) == 0:
+            return pred.sum() * 0.0
+        idx = gt_classes if pred.shape[1] > 1 else torch.zeros_like(gt_classes)
+        pred_iou = pred[torch.arange(len(idx), device=pred.device), idx]
+        target = mask_iou_targets(mask_probs, instances)
+        return F.mse_loss(pred_iou, target, reduction="mean") * self.maskiou_loss_weight
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        """Inference: masks on the final boxes, the mean of the loops' mask logits with the
+        information flow (without it every loop would give the same logits: one pass).
+        With MaskIoU, ``pred_maskiou`` and ``mask_scores = scores * pred_maskiou`` are added.
+        (Training goes through ``_forward_mask_train``.)"""
+        if not self.mask_on:
+            return instances
+        x = self.mask_pooler([features[f] for f in self.mask_in_features],
+                             [i.pred_boxes for i in instances])
+        logits = self._mask_logits(x, self.num_loops_test)
+        logits = torch.stack(logits).mean(dim=0) if len(logits) > 1 else logits[0]
+        mask_rcnn_inference(logits, instances)
+        if self.maskiou_head is not None:
+            classes = (cat([i.pred_classes for i in instances]) if instances
+                       else torch.zeros(0, dtype=torch.int64, device=x.device))
+            pred = self.maskiou_head(x, self._class_mask_probs(logits, classes)[:, None])
+            idx = classes if pred.shape[1] > 1 else torch.zeros_like(classes)
+            maskiou = pred[torch.arange(len(idx), device=pred.device), idx].clamp(0.0, 1.0)
+            for inst, iou in zip(instances, maskiou.split([len(i) for i in instances])):
+                inst.pred_maskiou = iou
+                inst.mask_scores = inst.scores * iou
+        return instances

@@ -1,0 +1,48 @@
+"""Tests of r3cnn.config and of the configs/r3cnn files."""
+import glob
+import os
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import build_roi_heads
+from imbalance import add_imbalance_config
+
+from r3cnn import R3CNNROIHeads, add_r3cnn_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "r3cnn", "r3cnn_*.yaml")))
+
+
+def base_cfg():
+    cfg = get_cfg()
+    add_imbalance_config(cfg)
+    add_r3cnn_config(cfg)
+    return cfg
+
+
+def test_defaults_follow_the_issue():
+    r3 = base_cfg().MODEL.R3CNN
+    assert r3.NUM_LOOPS_TRAIN == 3 and r3.NUM_LOOPS_TEST == 0
+    assert list(r3.IOU_THRESHOLDS) == [0.5, 0.6, 0.7]
+    assert list(r3.LOOP_LOSS_WEIGHTS) == [1.0, 0.75, 0.5]
+    assert r3.MASK_INFO_FLOW is True
+
+
+def test_both_scales_and_all_variants_exist():
+    names = {os.path.basename(p) for p in CONFIGS}
+    for scale in ("smallR_FPN_shapes", "R_50_FPN_1x_coco"):
+        for v in ("naive", "naive_dec", "L", "naive_1loop", "naive_2loop", "naive_4loop"):
+            assert f"r3cnn_{v}_{scale}.yaml" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_builds_r3cnn_heads(path):
+    cfg = base_cfg()
+    cfg.merge_from_file(path)
+    channels = cfg.MODEL.FPN.OUT_CHANNELS
+    shape = {f"p{k}": ShapeSpec(channels=channels, stride=2 ** k) for k in range(2, 7)}
+    heads = build_roi_heads(cfg, shape)
+    assert isinstance(heads, R3CNNROIHeads)
+    assert heads.num_loops_train == len(cfg.MODEL.R3CNN.IOU_THRESHOLDS)
+    assert heads.num_loops_test == heads.num_loops_train

@@ -1,0 +1,414 @@
+"""Tests of r3cnn.roi_heads.R3CNNROIHeads against Detectron2's StandardROIHeads on the same weights
+and against hand-built proposals of known IoU. Tiny seeded CPU inputs."""
+import copy
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import StandardROIHeads, build_roi_heads
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+from imbalance import add_imbalance_config
+from imbalance.modeling.box_predictor import ROI_BOX_PREDICTOR_REGISTRY
+
+import r3cnn
+from r3cnn import R3CNNROIHeads, add_r3cnn_config
+
+IMAGE_SIZE = (64, 64)
+CHANNELS = 8
+INPUT_SHAPE = {"p2": ShapeSpec(channels=CHANNELS, stride=4)}
+
+
+def make_cfg(**r3):
+    cfg = get_cfg()
+    add_imbalance_config(cfg)
+    add_r3cnn_config(cfg)
+    cfg.MODEL.ROI_HEADS.NAME = "R3CNNROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 6
+    cfg.MODEL.R3CNN.MASKIOU_CONV_DIM = 8
+    cfg.MODEL.R3CNN.MASKIOU_FC_DIM = 16
+    for k, v in r3.items():
+        cfg.MODEL.R3CNN[k] = v
+    return cfg
+
+
+def build(cfg):
+    torch.manual_seed(0)
+    return build_roi_heads(cfg, INPUT_SHAPE)
+
+
+def num_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def make_targets(with_empty=False):
+    g = torch.Generator().manual_seed(1)
+    targets = []
+    for i in range(2):
+        inst = Instances(IMAGE_SIZE)
+        if with_empty and i == 1:
+            boxes = torch.zeros((0, 4))
+        else:
+            boxes = torch.tensor([[8.0, 10.0, 40.0, 44.0], [30.0, 20.0, 60.0, 50.0]])
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, 3, (len(boxes),), generator=g)
+        masks = torch.zeros((len(boxes),) + IMAGE_SIZE, dtype=torch.bool)
+        for j, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+            masks[j, y0 + 2:y1 - 2, x0 + 3:x1 - 1] = True
+        inst.gt_masks = BitMasks(masks)
+        targets.append(inst)
+    return targets
+
+
+def make_proposals(n=20):
+    g = torch.Generator().manual_seed(2)
+    proposals = []
+    for _ in range(2):
+        xy = torch.rand(n, 2, generator=g) * 40
+        wh = torch.rand(n, 2, generator=g) * 20 + 6
+        inst = Instances(IMAGE_SIZE)
+        inst.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=63)], dim=1))
+        inst.objectness_logits = torch.rand(n, generator=g)
+        proposals.append(inst)
+    return proposals
+
+
+def make_features():
+    g = torch.Generator().manual_seed(3)
+    return {"p2": torch.rand(2, CHANNELS, 16, 16, generator=g)}
+
+
+def randomize_regression(heads, scale=0.05):
+    """Give the predictor's regressor non-trivial weights (a "trained" model moves boxes)."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.weight.copy_(
+            torch.randn(heads.box_predictor.bbox_pred.weight.shape, generator=g) * scale)
+        heads.box_predictor.cls_score.weight.copy_(
+            torch.randn(heads.box_predictor.cls_score.weight.shape, generator=g) * scale * 4)
+
+
+def standard_twin(cfg, heads):
+    """StandardROIHeads with the same config and the same weights as ``heads``."""
+    std = StandardROIHeads(cfg, INPUT_SHAPE)
+    std.load_state_dict(heads.state_dict(), strict=False)
+    for name, p in std.state_dict().items():
+        assert torch.equal(p, heads.state_dict()[name]), name
+    return std
+
+
+# ---------------------------------------------------------------- parameters
+@pytest.mark.parametrize("loops", [1, 3, 4])
+def test_params_equal_one_mask_rcnn_head_without_flow(loops):
+    cfg = make_cfg(NUM_LOOPS_TRAIN=loops, IOU_THRESHOLDS=[0.5] * loops,
+                   LOOP_LOSS_WEIGHTS=[1.0] * loops, MASK_INFO_FLOW=False)
+    heads = build(cfg)
+    assert isinstance(heads, R3CNNROIHeads)
+    std = StandardROIHeads(cfg, INPUT_SHAPE)
+    # weights are shared by the loops, not copied per loop
+    assert num_params(heads) == num_params(std)
+    assert num_params(heads) == (num_params(std.box_head) + num_params(std.box_predictor)
+                                 + num_params(std.mask_head))
+
+
+def test_params_with_info_flow_add_one_1x1_conv():
+    cfg = make_cfg()  # 3 loops, info flow on
+    heads = build(cfg)
+    std = StandardROIHeads(cfg, INPUT_SHAPE)
+    conv_dim = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM
+    flow = conv_dim * CHANNELS + CHANNELS  # 1x1 conv conv_dim -> FPN channels, with bias
+    assert num_params(heads) == num_params(std) + flow
+
+
+# ---------------------------------------------------------------- training
+def test_one_loop_box_losses_equal_standard_roi_heads():
+    cfg = make_cfg(NUM_LOOPS_TRAIN=1, IOU_THRESHOLDS=[0.5], LOOP_LOSS_WEIGHTS=[1.0])
+    heads = build(cfg)
+    randomize_regression(heads)
+    std = standard_twin(cfg, heads)
+    features, proposals, targets = make_features(), make_proposals(), make_targets()
+    with EventStorage():
+        torch.manual_seed(7)
+        _, ours = heads(None, features, copy.deepcopy(proposals), targets)
+        torch.manual_seed(7)
+        _, ref = std(None, features, copy.deepcopy(proposals), targets)
+    assert ref["loss_cls"] > 0 and ref["loss_box_reg"] > 0
+    assert torch.allclose(ours["loss_cls_loop0"], ref["loss_cls"], rtol=0, atol=1e-7)
+    assert torch.allclose(ours["loss_box_reg_loop0"], ref["loss_box_reg"], rtol=0, atol=1e-7)
+    assert "loss_mask_loop0" in ours
+
+
+def test_three_loops_weight_each_loop_and_keep_loop0_as_standard():
+    cfg = make_cfg(LOOP_LOSS_WEIGHTS=[2.0, 0.75, 0.5])
+    heads = build(cfg)
+    randomize_regression(heads)
+    std = standard_twin(cfg, heads)
+    features, proposals, targets = make_features(), make_proposals(), make_targets()
+    with EventStorage() as storage:
+        torch.manual_seed(7)
+        _, ours = heads(None, features, copy.deepcopy(proposals), targets)
+        torch.manual_seed(7)
+        _, ref = std(None, features, copy.deepcopy(proposals), targets)
+        latest = storage.latest()
+    expected = {f"{k}_loop{t}" for t in range(3) for k in ("loss_cls", "loss_box_reg", "loss_mask")}
+    assert set(ours) == expected
+    assert torch.allclose(ours["loss_cls_loop0"], 2.0 * ref["loss_cls"], atol=1e-6)
+    assert torch.allclose(ours["loss_box_reg_loop0"], 2.0 * ref["loss_box_reg"], atol=1e-6)
+    # diagnostics per loop: 10-bin histogram over [0.5, 1] and fg:bg
+    for t in range(3):
+        assert f"imbalance/loop{t}/num_fg" in latest
+        assert f"imbalance/loop{t}/fg_bg_ratio" in latest
+        assert f"imbalance/loop{t}/iou_0.95" in latest
+    sum(ours.values()).backward()
+    assert heads.mask_flow_conv.weight.grad is not None  # the flow conv learns from loops >= 1
+
+
+def _loop_labels(cfg, ious, thresholds):
+    """Train once on hand-built proposals of the given IoUs with one gt box, with zero box
+    regression (so every loop sees the same boxes); return per loop the sampled (iou, label)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.MODEL.MASK_ON = False
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.R3CNN.IOU_THRESHOLDS = thresholds
+    heads = build(cfg)
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.weight.zero_()
+        heads.box_predictor.bbox_pred.bias.zero_()
+    gt_box = torch.tensor([[10.0, 10.0, 50.0, 50.0]])  # 40 x 40
+    # [10, 10, 50, 10 + 40 r] lies inside the gt box: IoU = r exactly
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 10.0 + 40.0 * r] for r in ious])
+    target = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt_box), gt_classes=torch.tensor([2]))
+    prop = Instances(IMAGE_SIZE, proposal_boxes=Boxes(boxes),
+                     objectness_logits=torch.zeros(len(ious)))
+
+    recorded = []
+    original = heads.label_and_sample_proposals
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        recorded.append((kwargs["stage"], out[0]))
+        return out
+
+    heads.label_and_sample_proposals = spy
+    with EventStorage() as storage:
+        heads(None, {"p2": make_features()["p2"][:1]}, [prop], [target])
+        latest = storage.latest()
+    return recorded, latest, gt_box
+
+
+@pytest.mark.parametrize("thresholds", [[0.5, 0.6, 0.7], [0.7, 0.6, 0.5]])
+def test_per_loop_labels_use_the_loops_threshold(thresholds):
+    ious = [0.3, 0.55, 0.65, 0.75, 0.95]
+    recorded, latest, gt_box = _loop_labels(make_cfg(), ious, thresholds)
+    assert [stage for stage, _ in recorded] == ["loop0", "loop1", "loop2"]
+    for t, (_, sampled) in enumerate(recorded):
+        # every loop: the 5 hand-built boxes + the gt box, added once (not accumulated)
+        assert len(sampled) == len(ious) + 1
+        true_iou = torch.tensor([r for r in ious] + [1.0])
+        order = torch.argsort(sampled.proposal_boxes.tensor[:, 3])  # boxes sorted by height
+        labels = sampled.gt_classes[order]
+        expected = torch.where(true_iou >= thresholds[t], torch.tensor(2), torch.tensor(3))
+        assert torch.equal(labels, expected), (t, labels, expected)
+        n_fg = int((true_iou >= thresholds[t]).sum())
+        assert latest[f"imbalance/loop{t}/num_fg"][0] == n_fg
+        assert latest[f"imbalance/loop{t}/num_bg"][0] == len(ious) + 1 - n_fg
+
+
+def test_image_without_ground_truth_trains():
+    cfg = make_cfg(MASKIOU_ON=True)
+    heads = build(cfg)
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(), make_targets(with_empty=True))
+    assert "loss_maskiou_loop2" in losses
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+
+
+def test_all_images_without_ground_truth_train():
+    cfg = make_cfg(MASKIOU_ON=True)
+    heads = build(cfg)
+    targets = make_targets(with_empty=True)
+    targets = [targets[1], targets[1]]
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(), targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+# ---------------------------------------------------------------- inference
+def _detections(heads, proposals):
+    heads.eval()
+    with torch.no_grad():
+        out, _ = heads(None, make_features(), copy.deepcopy(proposals))
+    return out
+
+
+def test_one_test_loop_is_the_single_pass_result():
+    cfg = make_cfg(NUM_LOOPS_TEST=1)
+    heads = build(cfg)
+    randomize_regression(heads)
+    std = standard_twin(cfg, heads)
+    proposals = make_proposals()
+    ours, ref = _detections(heads, proposals), _detections(std, proposals)
+    for a, b in zip(ours, ref):
+        assert len(a) > 0
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.scores, b.scores)
+        assert torch.equal(a.pred_classes, b.pred_classes)
+        assert torch.allclose(a.pred_masks, b.pred_masks)
+
+
+def test_test_loops_change_detections_and_follow_the_paper():
+    """2 test loops == an independent re-composition of Detectron2's modules: probabilities
+    averaged over the loops, boxes of the last loop, then Detectron2's NMS."""
+    cfg = make_cfg(NUM_LOOPS_TEST=2, MASK_INFO_FLOW=False)
+    heads = build(cfg)
+    randomize_regression(heads)
+    std = standard_twin(cfg, heads).eval()
+    proposals = make_proposals()
+    two = _detections(heads, proposals)
+    heads.num_loops_test = 1
+    one = _detections(heads, proposals)
+    assert any(not torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) for a, b in zip(one, two))
+
+    feats = [make_features()["p2"]]
+    with torch.no_grad():
+        pred1 = std.box_predictor(std.box_head(std.box_pooler(
+            feats, [p.proposal_boxes for p in proposals])))
+        boxes1 = std.box_predictor.predict_boxes(pred1, proposals)
+        props2 = []
+        for b in boxes1:
+            b = Boxes(b.clone())
+            b.clip(IMAGE_SIZE)
+            props2.append(Instances(IMAGE_SIZE, proposal_boxes=b))
+        pred2 = std.box_predictor(std.box_head(std.box_pooler(
+            feats, [p.proposal_boxes for p in props2])))
+        probs = [(a + b) / 2 for a, b in zip(torch.softmax(pred1[0], -1).split(20),
+                                             torch.softmax(pred2[0], -1).split(20))]
+        boxes = std.box_predictor.predict_boxes(pred2, props2)
+        ref, _ = fast_rcnn_inference(boxes, probs, [IMAGE_SIZE] * 2, 0.0, 0.5, 100)
+    for a, b in zip(two, ref):
+        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-5)
+        assert torch.allclose(a.scores, b.scores, atol=1e-6)
+        assert torch.equal(a.pred_classes, b.pred_classes)
+        assert a.pred_masks.shape[1:] == (1, 28, 28)
+
+
+def test_num_loops_test_default_is_training_loops_and_overridable():
+    assert build(make_cfg()).num_loops_test == 3
+    assert build(make_cfg(NUM_LOOPS_TEST=5)).num_loops_test == 5
+    assert build(make_cfg(NUM_LOOPS_TEST=-1, NUM_LOOPS_TRAIN=2, IOU_THRESHOLDS=[0.5, 0.6],
+                          LOOP_LOSS_WEIGHTS=[1.0, 0.5])).num_loops_test == 2
+
+
+def test_info_flow_inference_averages_the_loops_mask_logits():
+    cfg = make_cfg(NUM_LOOPS_TEST=3)
+    heads = build(cfg)
+    with torch.no_grad():  # make the flow matter
+        heads.mask_flow_conv.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
+    heads.eval()
+    x = torch.rand(4, CHANNELS, 14, 14, generator=torch.Generator().manual_seed(6))
+    head = heads.mask_head
+    with torch.no_grad():
+        # independent chain: pass k gets x + ReLU(conv1x1(features after the convs of pass k-1))
+        feats, logits = None, []
+        for _ in range(3):
+            h = x
+            if feats is not None:
+                h = x + torch.relu(torch.nn.functional.conv2d(
+                    feats, heads.mask_flow_conv.weight, heads.mask_flow_conv.bias))
+            for conv in head.conv_norm_relus:
+                h = conv(h)
+            feats = h
+            logits.append(head.predictor(torch.relu(head.deconv(h))))
+        expected = torch.stack(logits).mean(0)
+        got = torch.stack(heads._mask_logits(x, 3)).mean(0)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(logits[0], logits[2])
+
+
+def test_box_only_r3cnn():
+    cfg = make_cfg()
+    cfg.MODEL.MASK_ON = False
+    heads = build(cfg)
+    assert not heads.mask_on
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(), make_targets())
+    assert set(losses) == {f"{k}_loop{t}" for t in range(3) for k in ("loss_cls", "loss_box_reg")}
+    out = _detections(heads, make_proposals())
+    assert not out[0].has("pred_masks") and len(out[0]) > 0
+
+
+# ---------------------------------------------------------------- composability
+@ROI_BOX_PREDICTOR_REGISTRY.register()
+class _R3TestPredictor(FastRCNNOutputLayers):
+    """A FastRCNNOutputLayers-compatible predictor with an extra loss, to check the plug-in."""
+
+    def losses(self, predictions, proposals):
+        out = super().losses(predictions, proposals)
+        out["loss_extra"] = predictions[0].sum() * 0.0
+        return out
+
+
+def test_box_predictor_comes_from_config():
+    cfg = make_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "_R3TestPredictor"
+    heads = build(cfg)
+    assert type(heads.box_predictor) is _R3TestPredictor
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(), make_targets())
+    assert {"loss_extra_loop0", "loss_extra_loop2"} <= set(losses)
+
+
+# ---------------------------------------------------------------- config errors
+@pytest.mark.parametrize("r3, message", [
+    (dict(NUM_LOOPS_TRAIN=2), "IOU_THRESHOLDS"),
+    (dict(LOOP_LOSS_WEIGHTS=[1.0, 0.5]), "LOOP_LOSS_WEIGHTS"),
+    (dict(IOU_THRESHOLDS=[0.5, 0.6, 1.0]), r"\(0, 1\)"),
+    (dict(IOU_THRESHOLDS=[0.0, 0.6, 0.7]), r"\(0, 1\)"),
+    (dict(NUM_LOOPS_TRAIN=0, IOU_THRESHOLDS=[], LOOP_LOSS_WEIGHTS=[]), ">= 1"),
+])
+def test_config_errors(r3, message):
+    with pytest.raises(ValueError, match=message):
+        build(make_cfg(**r3))
+
+
+def test_class_specific_regression_is_an_error():
+    cfg = make_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+    with pytest.raises(ValueError, match="CLS_AGNOSTIC_BBOX_REG"):
+        build(cfg)
+
+
+def test_package_exports():
+    assert r3cnn.add_r3cnn_config is add_r3cnn_config
+    assert r3cnn.R3CNNROIHeads is R3CNNROIHeads
+
+
+@pytest.mark.parametrize("sampler", ["ohem", "iou_balanced", "pisa"])
+def test_samplers_plug_into_every_loop(sampler):
+    cfg = make_cfg()
+    cfg.MODEL.ROI_HEADS.SAMPLER = sampler
+    heads = build(cfg)
+    with EventStorage() as storage:
+        _, losses = heads(None, make_features(), make_proposals(), make_targets(with_empty=True))
+        latest = storage.latest()
+    assert all(torch.isfinite(v) for v in losses.values())
+    for t in range(3):
+        n = latest[f"imbalance/loop{t}/num_fg"][0] + latest[f"imbalance/loop{t}/num_bg"][0]
+        if sampler != "pisa":  # PISA keeps every candidate (soft sampling)
+            assert 0 < n <= 2 * 16  # at most BATCH_SIZE_PER_IMAGE RoIs per image and loop
