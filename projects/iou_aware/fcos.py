@@ -1,0 +1,305 @@
+"""FCOS from yaml configs, and IoU-aware FCOS: the IoU branch of section 3.1 on FCOS, where the
+predicted IoU replaces centerness or multiplies with it (``MODEL.IOU_AWARE.FCOS_CENTERNESS``).
+
+Detectron2 0.6 ships :class:`FCOS` only for LazyConfig (no ``from_config``, not registered);
+:class:`ConfigurableFCOS` adds the ``MODEL.FCOS`` keys and registers it, unchanged otherwise.
+"""
+import logging
+import math
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .iou_branch import (
+    IOU_LOSS_TYPES,
+    IoUConfidenceDecodingMixin,
+    check_alpha,
+    detection_confidence,
+    iou_branch_loss,
+)
+
+__all__ = ["ConfigurableFCOS", "IoUAwareFCOSHead", "IoUAwareFCOS"]
+
+logger = logging.getLogger(__name__)
+
+FCOS_CENTERNESS_MODES = ("replace", "multiply")
+
+
+def _group_norm_32(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (Detectron2's "GN"), usable as a norm callable.
+
+    RetinaNetHead probes its norm with ``get_norm(norm, 1)``, which recent PyTorch rejects for
+    ``"GN"`` (1 channel is not divisible by 32 groups); with fewer channels than that the groups
+    shrink to their gcd, which only affects that probe.
+    """
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def _head_norm(norm: str):
+    return _group_norm_32 if norm == "GN" else norm
+
+
+@META_ARCH_REGISTRY.register()
+class ConfigurableFCOS(FCOS):
+    """Detectron2's :class:`FCOS`, buildable from a yaml config (``MODEL.FCOS``). Nothing else is
+    redefined except the labelling of images without ground truth (which Detectron2 0.6 fails on):
+    this is the FCOS baseline of the IoU-aware FCOS."""
+
+    @configurable
+    def __init__(self, **kwargs):
+        """Same arguments as :class:`FCOS`."""
+        super().__init__(**kwargs)
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """FCOS's labelling (:meth:`FCOS.label_anchors`), plus images without ground truth, which
+        Detectron2 0.6's fails on: all their anchors are background.
+
+        Returns:
+            #images label vectors (R,) in [0, K] and #images Boxes (R, 4) of matched ground truth.
+        """
+        num_anchors = sum(len(a) for a in anchors)
+        device = anchors[0].tensor.device
+        labels, boxes = [], []
+        for gt_per_image in gt_instances:
+            if len(gt_per_image) == 0:
+                labels.append(
+                    torch.full((num_anchors,), self.num_classes, dtype=torch.long, device=device)
+                )
+                boxes.append(Boxes(torch.zeros(num_anchors, 4, device=device)))
+            else:
+                labels_i, boxes_i = super().label_anchors(anchors, [gt_per_image])
+                labels.append(labels_i[0])
+                boxes.append(boxes_i[0])
+        return labels, boxes
+
+    @classmethod
+    def build_head(cls, cfg, input_shape: List[ShapeSpec]) -> nn.Module:
+        return FCOSHead(
+            input_shape=input_shape,
+            conv_dims=[input_shape[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
+            num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
+            norm=_head_norm(cfg.MODEL.FCOS.NORM),
+            prior_prob=cfg.MODEL.FCOS.PRIOR_PROB,
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        feature_shapes = [backbone_shape[f] for f in cfg.MODEL.FCOS.IN_FEATURES]
+        return {
+            "backbone": backbone,
+            "head": cls.build_head(cfg, feature_shapes),
+            "head_in_features": cfg.MODEL.FCOS.IN_FEATURES,
+            "num_classes": cfg.MODEL.FCOS.NUM_CLASSES,
+            "center_sampling_radius": cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA,
+            "test_score_thresh": cfg.MODEL.FCOS.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.FCOS.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+
+class IoUAwareFCOSHead(FCOSHead):
+    """FCOS's head plus the IoU prediction conv (one 3x3 conv, one output, on the last box-tower
+    feature, like centerness). With ``use_centerness=False`` the centerness conv is dropped, so the
+    IoU conv takes its place."""
+
+    def __init__(self, *, use_centerness: bool = False, **kwargs):
+        """
+        Args:
+            use_centerness: keep FCOS's centerness conv ("multiply" mode).
+            kwargs: the arguments of :class:`FCOSHead`.
+        """
+        super().__init__(**kwargs)
+        self.use_centerness = use_centerness
+        if not use_centerness:
+            del self.ctrness
+        self.iou_pred = nn.Conv2d(self.bbox_pred.in_channels, 1, kernel_size=3, stride=1, padding=1)
+        torch.nn.init.normal_(self.iou_pred.weight, std=0.01)
+        torch.nn.init.constant_(self.iou_pred.bias, 0)
+
+    def forward(self, features: List[Tensor]):
+        """
+        Returns:
+            [logits, bbox_reg, iou_logits] (or [logits, bbox_reg, ctrness, iou_logits] with
+            centerness): #levels tensors each, of shapes (N, K, Hi, Wi), (N, 4, Hi, Wi) and
+            (N, 1, Hi, Wi).
+        """
+        assert len(features) == self._num_features
+        logits, bbox_reg, ctrness, iou_logits = [], [], [], []
+        for feature in features:
+            logits.append(self.cls_score(self.cls_subnet(feature)))
+            bbox_feature = self.bbox_subnet(feature)
+            bbox_reg.append(self.bbox_pred(bbox_feature))
+            if self.use_centerness:
+                ctrness.append(self.ctrness(bbox_feature))
+            iou_logits.append(self.iou_pred(bbox_feature))
+        if self.use_centerness:
+            return logits, bbox_reg, ctrness, iou_logits
+        return logits, bbox_reg, iou_logits
+
+
+@META_ARCH_REGISTRY.register()
+class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
+    """FCOS with the IoU branch (:class:`IoUAwareFCOSHead`).
+
+    The localization quality q is the predicted IoU ("replace": no centerness branch nor loss) or
+    centerness x IoU ("multiply"). The confidence is Eq. 5 with q in place of IoU,
+    ``S = p^alpha * q^(1 - alpha)``; at alpha 0.5 and "replace" this is FCOS's own
+    ``sqrt(p * centerness)`` with the IoU in place of centerness.
+
+    Redefines ``forward_training`` (adds ``loss_iou``; drops ``loss_fcos_ctr`` in "replace") and
+    ``forward_inference``; matching and the classification/box losses are FCOS's.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        centerness_mode: str = "replace",
+        iou_alpha: float = 0.5,
+        iou_loss_type: str = "bce",
+        iou_loss_weight: float = 1.0,
+        iou_target_gradient: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            centerness_mode: "replace" or "multiply"; must agree with the head.
+            iou_alpha, iou_loss_type, iou_loss_weight, iou_target_gradient: as in
+                :class:`IoUAwareRetinaNet`.
+            kwargs: the arguments of :class:`FCOS`.
+        """
+        super().__init__(**kwargs)
+        if centerness_mode not in FCOS_CENTERNESS_MODES:
+            raise ValueError(
+                f"MODEL.IOU_AWARE.FCOS_CENTERNESS must be one of {FCOS_CENTERNESS_MODES}, "
+                f"got {centerness_mode!r}"
+            )
+        if iou_loss_type not in IOU_LOSS_TYPES:
+            raise ValueError(
+                f"MODEL.IOU_AWARE.LOSS_TYPE must be one of {IOU_LOSS_TYPES}, got {iou_loss_type!r}"
+            )
+        self.use_centerness = centerness_mode == "multiply"
+        assert getattr(self.head, "use_centerness", None) == self.use_centerness, (
+            "the head must be an IoUAwareFCOSHead with use_centerness matching centerness_mode"
+        )
+        self.iou_alpha = check_alpha(iou_alpha)
+        self.iou_loss_type = iou_loss_type
+        self.iou_loss_weight = float(iou_loss_weight)
+        self.iou_target_gradient = bool(iou_target_gradient)
+
+    @classmethod
+    def build_head(cls, cfg, input_shape: List[ShapeSpec]) -> nn.Module:
+        return IoUAwareFCOSHead(
+            use_centerness=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS == "multiply",
+            input_shape=input_shape,
+            conv_dims=[input_shape[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
+            num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
+            norm=_head_norm(cfg.MODEL.FCOS.NORM),
+            prior_prob=cfg.MODEL.FCOS.PRIOR_PROB,
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        ret = super().from_config(cfg)
+        ret.update(
+            centerness_mode=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS,
+            iou_alpha=check_alpha(cfg.MODEL.IOU_AWARE.ALPHA),
+            iou_loss_type=cfg.MODEL.IOU_AWARE.LOSS_TYPE,
+            iou_loss_weight=cfg.MODEL.IOU_AWARE.LOSS_WEIGHT,
+            iou_target_gradient=cfg.MODEL.IOU_AWARE.TARGET_GRADIENT,
+        )
+        return ret
+
+    def _split_predictions(self, predictions):
+        if self.use_centerness:
+            return self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1, 1])
+        logits, deltas, iou_logits = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
+        return logits, deltas, None, iou_logits
+
+    def forward_training(self, images, features, predictions, gt_instances) -> Dict[str, Tensor]:
+        """
+        Returns:
+            FCOS's "loss_fcos_cls", "loss_fcos_loc" (and "loss_fcos_ctr" in "multiply" mode), plus
+            "loss_iou" (Eq. 3), all normalised by FCOS's EMA of the number of positives.
+        """
+        pred_logits, pred_deltas, pred_ctrness, pred_iou_logits = self._split_predictions(
+            predictions
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        if self.use_centerness:
+            losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctrness)
+        else:
+            # FCOS.losses always computes the centerness loss; feed it constant zeros (no
+            # parameters behind them) and drop it: "replace" trains no centerness.
+            zeros = [torch.zeros_like(x) for x in pred_iou_logits]
+            losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, zeros)
+            del losses["loss_fcos_ctr"]
+
+        gt_labels = torch.stack(gt_labels)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        loss_iou = iou_branch_loss(
+            anchors,
+            self.box2box_transform,
+            pred_deltas,
+            torch.stack([b.tensor for b in gt_boxes]),
+            pos_mask,
+            pred_iou_logits,
+            loss_type=self.iou_loss_type,
+            target_gradient=self.iou_target_gradient,
+        )
+        losses["loss_iou"] = self.iou_loss_weight * loss_iou / self.loss_normalizer  # Eq. 3
+        return losses
+
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        """
+        Returns:
+            #images Instances with "pred_boxes", "pred_classes", "scores" (the Eq. 5 confidence),
+            "cls_scores", "pred_ious" (and "centerness" in "multiply" mode).
+        """
+        pred_logits, pred_deltas, pred_ctrness, pred_iou_logits = self._split_predictions(
+            predictions
+        )
+        anchors = self.anchor_generator(features)
+
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            cls_scores = [x[img_idx].sigmoid() for x in pred_logits]
+            pred_ious = [x[img_idx].sigmoid() for x in pred_iou_logits]
+            extra_fields = [{"cls_scores": p, "pred_ious": iou} for p, iou in zip(cls_scores, pred_ious)]
+            quality = pred_ious
+            if self.use_centerness:
+                ctrness = [x[img_idx].sigmoid() for x in pred_ctrness]
+                quality = [iou * c for iou, c in zip(pred_ious, ctrness)]
+                for fields, c in zip(extra_fields, ctrness):
+                    fields["centerness"] = c
+            # Eq. 5 with the localization quality q, before the top-k candidate selection.
+            confidences = [
+                detection_confidence(p, q, self.iou_alpha) for p, q in zip(cls_scores, quality)
+            ]
+            deltas_per_image = [x[img_idx] for x in pred_deltas]
+            results.append(
+                self.inference_single_image(
+                    anchors, confidences, deltas_per_image, image_size, extra_fields=extra_fields
+                )
+            )
+        return results

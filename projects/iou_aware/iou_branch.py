@@ -1,0 +1,208 @@
+"""The IoU branch shared by IoU-aware RetinaNet and IoU-aware FCOS: its target and loss (Eq. 3), the
+detection confidence (Eq. 5), and the decoding that ranks candidates by that confidence.
+
+Pure tensor functions plus one mixin for Detectron2's dense detectors; no network here.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from detectron2.layers import batched_nms, cat
+from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+
+__all__ = [
+    "check_alpha",
+    "detection_confidence",
+    "iou_prediction_loss",
+    "iou_branch_loss",
+    "IoUConfidenceDecodingMixin",
+]
+
+IOU_LOSS_TYPES = ("bce", "l2")
+
+
+def check_alpha(alpha: float) -> float:
+    """Validate ``MODEL.IOU_AWARE.ALPHA``: in [0, 1], or negative for the plain product p * IoU."""
+    alpha = float(alpha)
+    if alpha != alpha or alpha > 1.0:  # NaN, or above 1 (negative selects the product)
+        raise ValueError(
+            f"MODEL.IOU_AWARE.ALPHA must be in [0, 1] (Eq. 5), or negative for the plain product "
+            f"p * IoU; got {alpha}."
+        )
+    return alpha
+
+
+def detection_confidence(cls_scores: Tensor, ious: Tensor, alpha: float) -> Tensor:
+    """Eq. 5: the detection confidence ``S_det = p^alpha * IoU^(1 - alpha)``.
+
+    Args:
+        cls_scores: (R, K) classification probabilities p.
+        ious: (R, 1) predicted IoUs (or any localization quality in [0, 1]), broadcast over classes.
+        alpha: in [0, 1]; a negative value gives the plain product p * IoU (Table 3, "none").
+
+    Returns:
+        (R, K) confidences.
+    """
+    if alpha < 0:
+        return cls_scores * ious
+    if alpha == 1.0:
+        # p^1 * IoU^0: exactly the classification score, so detections equal plain RetinaNet's.
+        return cls_scores
+    if alpha == 0.0:
+        return ious.expand_as(cls_scores)
+    return cls_scores.pow(alpha) * ious.pow(1.0 - alpha)
+
+
+def iou_prediction_loss(iou_logits: Tensor, iou_targets: Tensor, loss_type: str = "bce") -> Tensor:
+    """Eq. 3 before normalisation: the summed loss between predicted and target IoUs.
+
+    Args:
+        iou_logits: (P,) logits of the predicted IoU (before the sigmoid) of the positive anchors.
+        iou_targets: (P,) target IoUs in [0, 1]; may carry gradient (it then flows into the boxes).
+        loss_type: "bce", binary cross-entropy ``-(t log s + (1 - t) log(1 - s))``, s = sigmoid(x);
+            or "l2", ``(s - t)^2`` (Table 2).
+
+    Returns:
+        A scalar, the sum over the P anchors.
+    """
+    if loss_type == "bce":
+        # -(t log s(x) + (1 - t) log(1 - s(x))) = softplus(x) - t * x, differentiable in t too.
+        return (F.softplus(iou_logits) - iou_targets * iou_logits).sum()
+    if loss_type == "l2":
+        return (iou_logits.sigmoid() - iou_targets).pow(2).sum()
+    raise ValueError(f"MODEL.IOU_AWARE.LOSS_TYPE must be one of {IOU_LOSS_TYPES}, got {loss_type!r}")
+
+
+def iou_branch_loss(
+    anchors: List[Boxes],
+    box2box_transform,
+    pred_anchor_deltas: List[Tensor],
+    gt_boxes: Tensor,
+    pos_mask: Tensor,
+    pred_iou_logits: List[Tensor],
+    loss_type: str = "bce",
+    target_gradient: bool = True,
+) -> Tensor:
+    """The summed IoU loss of Eq. 3 over the positive anchors (normalise it by N_pos outside).
+
+    The target of a positive anchor is the IoU between its regressed box (the anchor decoded with the
+    predicted deltas) and its matched ground-truth box.
+
+    Args:
+        anchors: #levels Boxes, as in :meth:`RetinaNet.losses`.
+        box2box_transform: decodes (anchor, delta) pairs into boxes.
+        pred_anchor_deltas: #levels tensors of shape (N, Hi * Wi * A, 4).
+        gt_boxes: (N, R, 4) matched ground-truth boxes (undefined where not positive).
+        pos_mask: (N, R) boolean mask of the positive anchors.
+        pred_iou_logits: #levels tensors of shape (N, Hi * Wi * A, 1).
+        loss_type: "bce" or "l2", see :func:`iou_prediction_loss`.
+        target_gradient: if False, detach the target IoU from the regression branch.
+
+    Returns:
+        A scalar: the loss summed over positives.
+    """
+    all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+    deltas = cat(pred_anchor_deltas, dim=1)  # (N, R, 4)
+    pos_anchors = all_anchors.unsqueeze(0).expand_as(deltas)[pos_mask]
+    pred_boxes = box2box_transform.apply_deltas(deltas[pos_mask], pos_anchors)
+    iou_targets = matched_pairwise_iou(Boxes(pred_boxes), Boxes(gt_boxes[pos_mask]))
+    if not target_gradient:
+        iou_targets = iou_targets.detach()
+    iou_logits = cat(pred_iou_logits, dim=1).squeeze(2)[pos_mask]  # (P,)
+    return iou_prediction_loss(iou_logits, iou_targets.to(iou_logits.dtype), loss_type)
+
+
+class IoUConfidenceDecodingMixin:
+    """Inference of a Detectron2 dense detector that ranks candidates by a given confidence and
+    carries per-candidate fields (``cls_scores``, ``pred_ious``, ...) into the output Instances.
+
+    Put before the detector in the bases (``class X(IoUConfidenceDecodingMixin, RetinaNet)``). It
+    redefines only :meth:`inference_single_image` and :meth:`_decode_per_level_predictions`, and only
+    when ``extra_fields`` are given; otherwise both fall through to Detectron2's.
+    """
+
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: Tensor,
+        pred_deltas: Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+        extra_fields: Optional[Dict[str, Tensor]] = None,
+    ) -> Instances:
+        """Detectron2's per-level decoding (score threshold, top-k, box decoding) on ``pred_scores``
+        (here the Eq. 5 confidence, HxWxA x K), gathering ``extra_fields`` (each HxWxA x K, or
+        HxWxA x 1 for per-anchor values) at the kept candidates.
+
+        Returns:
+            Instances with "scores", "pred_boxes", "pred_classes" and one field per extra field.
+        """
+        if extra_fields is None:
+            return super()._decode_per_level_predictions(
+                anchors, pred_scores, pred_deltas, score_thresh, topk_candidates, image_size
+            )
+        keep_idxs = pred_scores > score_thresh
+        scores = pred_scores[keep_idxs]
+        topk_idxs = torch.nonzero(keep_idxs)  # (K', 2): anchor index, class index
+        num_topk = min(topk_candidates, topk_idxs.size(0))
+        scores, idxs = scores.sort(descending=True)
+        scores = scores[:num_topk]
+        topk_idxs = topk_idxs[idxs[:num_topk]]
+        anchor_idxs, classes_idxs = topk_idxs.unbind(dim=1)
+
+        pred_boxes = self.box2box_transform.apply_deltas(
+            pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+        )
+        fields = {
+            name: value[anchor_idxs, classes_idxs if value.shape[1] > 1 else 0]
+            for name, value in extra_fields.items()
+        }
+        return Instances(
+            image_size,
+            pred_boxes=Boxes(pred_boxes),
+            scores=scores,
+            pred_classes=classes_idxs,
+            **fields,
+        )
+
+    def inference_single_image(
+        self,
+        anchors: List[Boxes],
+        box_cls: List[Tensor],
+        box_delta: List[Tensor],
+        image_size: Tuple[int, int],
+        extra_fields: Optional[List[Dict[str, Tensor]]] = None,
+    ) -> Instances:
+        """Like :meth:`RetinaNet.inference_single_image`, with ``box_cls`` the per-level confidences
+        that rank the candidates in top-k, the score threshold and NMS, and ``extra_fields`` (one dict
+        per level) carried into the output.
+
+        Returns:
+            Instances with "pred_boxes", "scores" (the confidence), "pred_classes" and the extras.
+        """
+        if extra_fields is None:
+            return super().inference_single_image(anchors, box_cls, box_delta, image_size)
+        pred = Instances.cat(
+            [
+                self._decode_per_level_predictions(
+                    anchors_i,
+                    scores_i,
+                    deltas_i,
+                    self.test_score_thresh,
+                    self.test_topk_candidates,
+                    image_size,
+                    extra_fields=fields_i,
+                )
+                for anchors_i, scores_i, deltas_i, fields_i in zip(
+                    anchors, box_cls, box_delta, extra_fields
+                )
+            ]
+        )
+        keep = batched_nms(  # per-class NMS, ranked by the confidence
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
+        return pred[keep[: self.max_detections_per_image]]
