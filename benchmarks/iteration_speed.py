@@ -14,11 +14,34 @@ import os
 import platform
 import sys
 import time
+from typing import List
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_net import Trainer, setup  # noqa: E402
+
+
+def time_training_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader,
+                        warmup: int, iters: int) -> List[float]:
+    """Seconds of each of ``iters`` training steps (forward, backward, SGD step) after ``warmup``
+    untimed ones; fetching the batch from ``loader`` is not timed."""
+    from detectron2.utils.events import EventStorage
+
+    batches = iter(loader)
+    model.train()
+    times = []
+    with EventStorage(0):
+        for i in range(warmup + iters):
+            batch = next(batches)
+            start = time.perf_counter()
+            losses = sum(model(batch).values())
+            optimizer.zero_grad()
+            losses.backward()
+            optimizer.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
 
 
 def time_config(config_file: str, iters: int, warmup: int, opts: list) -> dict:
@@ -27,23 +50,8 @@ def time_config(config_file: str, iters: int, warmup: int, opts: list) -> dict:
         eval_only=False, resume=False, num_gpus=1)
     cfg = setup(args)
     model = Trainer.build_model(cfg)
-    optimizer = Trainer.build_optimizer(cfg, model)
-    loader = iter(Trainer.build_train_loader(cfg))
-    from detectron2.utils.events import EventStorage
-
-    model.train()
-    times = []
-    with EventStorage(0):
-        for i in range(warmup + iters):
-            batch = next(loader)
-            start = time.perf_counter()
-            losses = sum(model(batch).values())
-            optimizer.zero_grad()
-            losses.backward()
-            optimizer.step()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    times.sort()
+    times = sorted(time_training_steps(model, Trainer.build_optimizer(cfg, model),
+                                       Trainer.build_train_loader(cfg), warmup, iters))
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"config": config_file, "sec_per_iter_mean": sum(times) / len(times),
             "sec_per_iter_median": times[len(times) // 2], "iters": iters,

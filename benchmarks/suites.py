@@ -1,0 +1,211 @@
+"""The benchmark suites of ``benchmarks/run.py``: which models, grouped into comparisons ("pairs"),
+and which eval-only ablations.
+
+A model is a config of ``configs/`` plus command-line opts; it is trained once per seed and may
+appear in several pairs (e.g. Faster R-CNN is the baseline of the offset-bin pair and of the sampler
+pair; it is trained once). The first model of a pair is its baseline: AP differences and speed
+ratios are taken against it. A headline pair is repeated over every ``--seeds`` value; the others
+run with the first seed only.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+__all__ = ["Model", "Pair", "Ablation", "Suite", "SUITES", "get_suite"]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One trained model: ``config`` (relative to the repository) with ``opts`` merged on top."""
+
+    name: str
+    config: str
+    label: str  # what the tables call it
+    opts: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A comparison: ``models[0]`` is the baseline of the others (same schedule, seed, data order).
+
+    ``claim`` is the paper's effect, and ``metric`` the result key it is about (e.g. "AP" or
+    "AP80"): the Results text says whether the effect appears at this scale.
+    """
+
+    name: str
+    title: str
+    models: Tuple[str, ...]
+    claim: str
+    metric: str = "AP"
+    headline: bool = False
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Eval-only sweep of one config key on the trained weights of one model of the suite."""
+
+    name: str
+    title: str
+    model: str
+    key: str
+    values: Tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    models: Dict[str, Model]
+    pairs: Tuple[Pair, ...]
+    ablations: Tuple[Ablation, ...] = field(default_factory=tuple)
+
+    def check(self) -> None:
+        """Every model a pair or an ablation names exists; names are unique."""
+        names = [p.name for p in self.pairs] + [a.name for a in self.ablations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"suite {self.name!r}: duplicate pair/ablation names {names}")
+        for p in self.pairs:
+            if len(p.models) < 2:
+                raise ValueError(f"pair {p.name!r} needs a baseline and at least one model")
+            for m in p.models:
+                if m not in self.models:
+                    raise ValueError(f"pair {p.name!r} names unknown model {m!r}")
+        for a in self.ablations:
+            if a.model not in self.models:
+                raise ValueError(f"ablation {a.name!r} names unknown model {a.model!r}")
+
+    def select(self, only: Sequence[str]) -> "Suite":
+        """The sub-suite of the pairs and ablations named in ``only`` (all if empty)."""
+        if not only:
+            return self
+        known = {p.name for p in self.pairs} | {a.name for a in self.ablations}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise ValueError(f"--only: unknown name(s) {unknown}; known: {sorted(known)}")
+        pairs = tuple(p for p in self.pairs if p.name in only)
+        ablations = tuple(a for a in self.ablations if a.name in only)
+        used = {m for p in pairs for m in p.models} | {a.model for a in ablations}
+        return Suite(self.name, {k: v for k, v in self.models.items() if k in used}, pairs,
+                     ablations)
+
+
+def _models(*models: Model) -> Dict[str, Model]:
+    return {m.name: m for m in models}
+
+
+_EMBEDDED_MODELS = _models(
+    # Mask R-CNN family (R^3-CNN, Table 1).
+    Model("mask_rcnn", "configs/baselines/mask_rcnn_smallR_FPN_shapes.yaml", "Mask R-CNN"),
+    Model("cascade_mask_rcnn", "configs/baselines/cascade_mask_rcnn_smallR_FPN_shapes.yaml",
+          "Cascade Mask R-CNN"),
+    Model("r3cnn_naive", "configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml",
+          "R^3-CNN naive, increasing"),
+    Model("r3cnn_naive_dec", "configs/r3cnn/r3cnn_naive_dec_smallR_FPN_shapes.yaml",
+          "R^3-CNN naive, decreasing"),
+    Model("r3cnn_L", "configs/r3cnn/r3cnn_L_smallR_FPN_shapes.yaml", "R^3-CNN-L"),
+    # Single-stage detectors (IoU-aware, Tables 3-4).
+    Model("retinanet", "configs/baselines/retinanet_smallR_FPN_shapes.yaml", "RetinaNet"),
+    Model("iou_aware_retinanet", "configs/iou_aware/iou_aware_retinanet_smallR_FPN_shapes.yaml",
+          "IoU-aware RetinaNet, alpha 0.5"),
+    Model("iou_aware_retinanet_product",
+          "configs/iou_aware/iou_aware_retinanet_product_smallR_FPN_shapes.yaml",
+          "IoU-aware RetinaNet, product"),
+    Model("fcos", "configs/iou_aware/fcos_smallR_FPN_shapes.yaml", "FCOS"),
+    Model("iou_aware_fcos", "configs/iou_aware/iou_aware_fcos_smallR_FPN_shapes.yaml",
+          "IoU-aware FCOS"),
+    # Offset bins (Tables 1, 4-5).
+    Model("faster_rcnn", "configs/baselines/faster_rcnn_smallR_FPN_shapes.yaml", "Faster R-CNN"),
+    Model("offset_bin_K2", "configs/offset_bin/offset_bin_faster_rcnn_smallR_FPN_shapes.yaml",
+          "Offset-Bin Faster R-CNN, K=2"),
+    Model("offset_bin_K1",
+          "configs/offset_bin/offset_bin_K1_faster_rcnn_smallR_FPN_shapes.yaml",
+          "Offset-Bin Faster R-CNN, K=1"),
+    Model("offset_bin_K2_argmax",
+          "configs/offset_bin/offset_bin_argmax_faster_rcnn_smallR_FPN_shapes.yaml",
+          "Offset-Bin Faster R-CNN, K=2, expectation off"),
+    Model("cascade_rcnn_2stage", "configs/offset_bin/cascade_rcnn_2stage_smallR_FPN_shapes.yaml",
+          "Cascade R-CNN (2 stages)"),
+    Model("offset_bin_cascade", "configs/offset_bin/offset_bin_cascade_rcnn_smallR_FPN_shapes.yaml",
+          "Offset-Bin Cascade R-CNN (2 stages)"),
+    # Samplers, through the sampler registry.
+    Model("sampler_random", "configs/samplers/faster_rcnn_random_smallR_FPN_shapes.yaml",
+          "Faster R-CNN, random (registry)"),
+    Model("sampler_ohem", "configs/samplers/faster_rcnn_ohem_smallR_FPN_shapes.yaml",
+          "Faster R-CNN, OHEM"),
+    Model("sampler_iou_balanced",
+          "configs/samplers/faster_rcnn_iou_balanced_smallR_FPN_shapes.yaml",
+          "Faster R-CNN, IoU-balanced"),
+    Model("sampler_pisa", "configs/samplers/faster_rcnn_pisa_smallR_FPN_shapes.yaml",
+          "Faster R-CNN, PISA"),
+    # The combination: R^3-CNN's loops with the offset-bin predictor (config only).
+    Model("r3cnn_offset_bin", "configs/r3cnn/r3cnn_offset_bin_smallR_FPN_shapes.yaml",
+          "R^3-CNN + offset bins"),
+)
+
+_EMBEDDED_PAIRS = (
+    Pair("mask_rcnn_vs_r3cnn", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN",
+         ("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive", "r3cnn_naive_dec", "r3cnn_L"),
+         "R^3-CNN (increasing) beats Mask R-CNN and matches Cascade Mask R-CNN with the "
+         "parameters of Mask R-CNN; decreasing thresholds are worse (R^3-CNN Table 1)",
+         metric="AP", headline=True),
+    Pair("retinanet_vs_iou_aware", "RetinaNet and IoU-aware RetinaNet",
+         ("retinanet", "iou_aware_retinanet", "iou_aware_retinanet_product"),
+         "the IoU branch raises AP, most at high IoU (AP70-AP90) (IoU-aware Tables 3-4)",
+         metric="AP80", headline=True),
+    Pair("fcos_vs_iou_aware", "FCOS and IoU-aware FCOS", ("fcos", "iou_aware_fcos"),
+         "the predicted IoU in place of centerness raises AP", metric="AP"),
+    Pair("faster_vs_offset_bin", "Faster R-CNN and Offset-Bin Faster R-CNN",
+         ("faster_rcnn", "offset_bin_K2", "offset_bin_K1", "offset_bin_K2_argmax"),
+         "bin classification with expectation and hierarchical focusing raises AP, most at "
+         "high IoU (Offset-Bin Table 1)", metric="AP80", headline=True),
+    Pair("cascade_vs_offset_bin", "Cascade R-CNN and Offset-Bin Cascade R-CNN",
+         ("cascade_rcnn_2stage", "offset_bin_cascade"),
+         "offset bins raise the AP of a 2-stage Cascade R-CNN (Offset-Bin Tables 4-5)",
+         metric="AP"),
+    Pair("samplers", "Faster R-CNN with each RoI sampler",
+         ("faster_rcnn", "sampler_random", "sampler_ohem", "sampler_iou_balanced",
+          "sampler_pisa"),
+         "OHEM, IoU-balanced sampling and PISA raise AP over random sampling; the registry's "
+         "random sampler equals Detectron2's", metric="AP"),
+    Pair("r3cnn_offset_bin", "R^3-CNN with the offset-bin predictor",
+         ("r3cnn_naive", "offset_bin_K2", "r3cnn_offset_bin"),
+         "(no paper) the two refinements add up: R^3-CNN + offset bins beats both alone",
+         metric="AP"),
+)
+
+_EMBEDDED_ABLATIONS = (
+    Ablation("r3cnn_loops", "R^3-CNN evaluation loops (R^3-CNN Table 2)", "r3cnn_naive",
+             "MODEL.R3CNN.NUM_LOOPS_TEST", (1, 2, 3, 4, 5)),
+    Ablation("iou_aware_alpha",
+             "IoU-aware RetinaNet confidence exponent alpha (IoU-aware Table 3; -1: p * IoU)",
+             "iou_aware_retinanet", "MODEL.IOU_AWARE.ALPHA",
+             (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0, -1.0)),
+)
+
+SUITES: Dict[str, Suite] = {
+    "embedded": Suite("embedded", _EMBEDDED_MODELS, _EMBEDDED_PAIRS, _EMBEDDED_ABLATIONS),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; known: {sorted(SUITES)}")
+    suite = SUITES[name]
+    suite.check()
+    return suite
+
+
+def models_to_train(suite: Suite, seeds: Sequence[int]) -> List[Tuple[str, int]]:
+    """(model, seed) in training order: every model with the first seed, pair by pair; then the
+    headline pairs' models with the other seeds. No duplicates."""
+    order: List[Tuple[str, int]] = []
+    for seed_index, seed in enumerate(seeds):
+        for p in suite.pairs:
+            if seed_index > 0 and not p.headline:
+                continue
+            for m in p.models:
+                if (m, seed) not in order:
+                    order.append((m, seed))
+        if seed_index == 0:
+            for a in suite.ablations:
+                if (a.model, seed) not in order:
+                    order.append((a.model, seed))
+    return order

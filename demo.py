@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Draw a model's predictions (boxes, masks, class names and scores) onto images.
+
+    python demo.py --config-file configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml \
+        --input img1.png img2.jpg --output demo_out/ \
+        --opts MODEL.WEIGHTS benchmarks/work/embedded/r3cnn_naive-seed1/model_final.pth
+
+Runs Detectron2's ``DefaultPredictor`` (the config's test resize, input format and device) and draws
+with Detectron2's ``Visualizer``, with the class names of the config's first test dataset. Writes
+one PNG per input, of the input's size, named after it (``<output>/<input stem>.png``).
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+import cv2
+import numpy as np
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--input", nargs="+", required=True, metavar="IMG", help="image files")
+    p.add_argument("--output", required=True, metavar="DIR", help="directory for the PNGs")
+    p.add_argument("--confidence-threshold", type=float, default=None,
+                   help="minimum score of a drawn prediction (default: the config's test "
+                        "threshold); predictions below it are not drawn")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                   help="config KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
+    return p.parse_args(argv)
+
+
+def read_image(path: str) -> np.ndarray:
+    """The image as BGR uint8 (H, W, 3); a clear error if it is missing or unreadable."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise IsADirectoryError(f"--input {path!r} is not a file")
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"--input {path!r} is not an image OpenCV can read")
+    return img
+
+
+def setup_cfg(args: argparse.Namespace):
+    from train_net import setup
+
+    setup_args = argparse.Namespace(config_file=args.config_file, opts=list(args.opts),
+                                    eval_only=True, resume=False, num_gpus=1)
+    cfg = setup(setup_args)
+    if not cfg.MODEL.WEIGHTS:
+        print("demo.py: warning: no MODEL.WEIGHTS given: the model is randomly initialised",
+              file=sys.stderr)
+    return cfg
+
+
+def visualize(predictions: dict, image_bgr: np.ndarray, metadata,
+              threshold: Optional[float] = None) -> np.ndarray:
+    """RGB (H, W, 3) drawing of ``predictions["instances"]`` (boxes, masks if any, labels with
+    scores) on the image, with Detectron2's Visualizer."""
+    import torch
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
+    instances = predictions["instances"].to(torch.device("cpu"))
+    if threshold is not None:
+        instances = instances[instances.scores >= threshold]
+    vis = Visualizer(image_bgr[:, :, ::-1], metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
+    return vis.draw_instance_predictions(instances).get_image()
+
+
+def main(argv: Optional[List[str]] = None) -> List[str]:
+    args = parse_args(argv)
+    # Check every input before building the model: a typo fails at once.
+    images = [read_image(p) for p in args.input]
+    from detectron2.data import MetadataCatalog
+    from detectron2.engine import DefaultPredictor
+
+    from imbalance.data import ensure_generated
+
+    cfg = setup_cfg(args)
+    dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    if dataset:
+        ensure_generated(dataset)
+    metadata = MetadataCatalog.get(dataset if dataset else "__unused")
+    predictor = DefaultPredictor(cfg)
+    os.makedirs(args.output, exist_ok=True)
+    written = []
+    for path, img in zip(args.input, images):
+        drawing = visualize(predictor(img), img, metadata, args.confidence_threshold)
+        out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
+        # The Visualizer draws at the input's size (scale 1); keep it exact.
+        if drawing.shape[:2] != img.shape[:2]:
+            drawing = cv2.resize(drawing, (img.shape[1], img.shape[0]))
+        cv2.imwrite(out, drawing[:, :, ::-1])
+        written.append(out)
+        print(f"{path} -> {out}", flush=True)
+    return written
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+        print(f"demo.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
