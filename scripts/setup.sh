@@ -50,7 +50,7 @@ fi
 
 echo "[setup] this project (editable) and its test tools"
 pip install -c constraints.txt --no-build-isolation -e ".[test]"
-"$PY" -c "import detectron2, detectron2._C, detectron2.modeling, imbalance, r3cnn, iou_aware, offset_bin" \
+"$PY" -W ignore -c "import detectron2, detectron2._C, detectron2.modeling, imbalance, r3cnn, iou_aware, offset_bin" \
   || { echo "[setup] failed: the packages do not import (see the pip output above)" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - start )) s; $(du -sh "$VENV" | cut -f1) in $VENV"

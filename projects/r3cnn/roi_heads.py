@@ -1,6 +1,6 @@
 """R^3-CNN's ROI heads: Mask R-CNN's single box head and single mask head, used in a loop.
 
-Paper: Vecchietti et al., "Recursively Refined R-CNN: Instance Segmentation with Self-RoI
+Paper: Rossi, Karimi, Prati, "Recursively Refined R-CNN: Instance Segmentation with Self-RoI
 Rebalancing" (Sec. 3, Eq. 1-2, Fig. 1b).
 """
 import math
@@ -67,8 +67,8 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
     2. pool them, run the one box head and predictor; classification and box losses;
     3. the regressed (class-agnostic) boxes, detached and clipped, are b^{t+1};
     4. mask branch (HTC-style interleaving): b^{t+1} plus the ground-truth boxes is re-labelled
-       at u^t (no subsampling) and the mask head is trained on its positives; with ``MASK_INFO_FLOW`` the mask head runs t+1 times on these
-       RoIs, each pass receiving the previous pass's mask features through a 1x1 conv (HTC's
+       at u^t (no subsampling) and the mask head is trained on its positives; with
+       ``MASK_INFO_FLOW`` the mask head runs t+1 times on these RoIs, each pass receiving the previous pass's mask features through a 1x1 conv (HTC's
        information flow with one shared head). Optional MaskIoU loss (R^3-CNN-L).
 
     Every loss of loop t is multiplied by ``LOOP_LOSS_WEIGHTS[t]`` and named ``<loss>_loop{t}``.
