@@ -8,6 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import build_roi_heads
 from imbalance import add_imbalance_config
 
+from offset_bin import add_offset_bin_config
 from r3cnn import R3CNNROIHeads, add_r3cnn_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -18,6 +19,8 @@ def base_cfg():
     cfg = get_cfg()
     add_imbalance_config(cfg)
     add_r3cnn_config(cfg)
+    # r3cnn_offset_bin_* runs the offset-bin predictor in the loops
+    add_offset_bin_config(cfg)
     return cfg
 
 
