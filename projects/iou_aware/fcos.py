@@ -22,7 +22,6 @@ from .iou_branch import (
     IoUConfidenceDecodingMixin,
     check_alpha,
     detection_confidence,
-    iou_branch_loss,
 )
 
 __all__ = ["ConfigurableFCOS", "IoUAwareFCOSHead", "IoUAwareFCOS"]
@@ -82,7 +81,12 @@ class ConfigurableFCOS(FCOS):
 
     @classmethod
     def build_head(cls, cfg, input_shape: List[ShapeSpec]) -> nn.Module:
-        return FCOSHead(
+        return FCOSHead(**cls.head_kwargs(cfg, input_shape))
+
+    @staticmethod
+    def head_kwargs(cfg, input_shape: List[ShapeSpec]) -> Dict:
+        """Arguments of ``FCOSHead`` from ``MODEL.FCOS``."""
+        return dict(
             input_shape=input_shape,
             conv_dims=[input_shape[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
             num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
@@ -204,14 +208,8 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
 
     @classmethod
     def build_head(cls, cfg, input_shape: List[ShapeSpec]) -> nn.Module:
-        return IoUAwareFCOSHead(
-            use_centerness=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS == "multiply",
-            input_shape=input_shape,
-            conv_dims=[input_shape[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
-            num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
-            norm=_head_norm(cfg.MODEL.FCOS.NORM),
-            prior_prob=cfg.MODEL.FCOS.PRIOR_PROB,
-        )
+        return IoUAwareFCOSHead(use_centerness=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS == "multiply",
+                                **cls.head_kwargs(cfg, input_shape))
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -253,19 +251,8 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
             losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, zeros)
             del losses["loss_fcos_ctr"]
 
-        gt_labels = torch.stack(gt_labels)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        loss_iou = iou_branch_loss(
-            anchors,
-            self.box2box_transform,
-            pred_deltas,
-            torch.stack([b.tensor for b in gt_boxes]),
-            pos_mask,
-            pred_iou_logits,
-            loss_type=self.iou_loss_type,
-            target_gradient=self.iou_target_gradient,
-        )
-        losses["loss_iou"] = self.iou_loss_weight * loss_iou / self.loss_normalizer  # Eq. 3
+        losses["loss_iou"] = self.iou_branch_losses(
+            anchors, pred_deltas, gt_labels, torch.stack([b.tensor for b in gt_boxes]), pred_iou_logits)
         return losses
 
     def forward_inference(

@@ -124,6 +124,23 @@ class IoUConfidenceDecodingMixin:
     when ``extra_fields`` are given; otherwise both fall through to Detectron2's.
     """
 
+    def iou_branch_losses(self, anchors, pred_deltas: List[Tensor], gt_labels: List[Tensor],
+                          gt_boxes: Tensor, pred_iou_logits: List[Tensor]) -> Tensor:
+        """``loss_iou`` (Eq. 3) of one batch: :func:`iou_branch_loss` over the positive anchors
+        (label in [0, K)), weighted by ``self.iou_loss_weight`` and normalised by the detector's
+        EMA of positives (``self.loss_normalizer``, updated by its ``losses`` first).
+
+        Args:
+            gt_labels: per image, the label of each anchor; ``gt_boxes``: (N, R, 4) matched boxes.
+        """
+        gt_labels = torch.stack(gt_labels)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        loss_iou = iou_branch_loss(
+            anchors, self.box2box_transform, pred_deltas, gt_boxes, pos_mask, pred_iou_logits,
+            loss_type=self.iou_loss_type, target_gradient=self.iou_target_gradient,
+        )
+        return self.iou_loss_weight * loss_iou / self.loss_normalizer  # Eq. 3
+
     def _decode_per_level_predictions(
         self,
         anchors: Boxes,

@@ -16,7 +16,6 @@ from .iou_branch import (
     IoUConfidenceDecodingMixin,
     check_alpha,
     detection_confidence,
-    iou_branch_loss,
 )
 
 __all__ = ["IoUAwareRetinaNetHead", "IoUAwareRetinaNet"]
@@ -126,19 +125,8 @@ class IoUAwareRetinaNet(IoUConfidenceDecodingMixin, RetinaNet):
         # Updates self.loss_normalizer, the N_pos of Eqs. 1-3.
         losses = self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
-        gt_labels = torch.stack(gt_labels)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        loss_iou = iou_branch_loss(
-            anchors,
-            self.box2box_transform,
-            pred_anchor_deltas,
-            torch.stack(gt_boxes),
-            pos_mask,
-            pred_iou_logits,
-            loss_type=self.iou_loss_type,
-            target_gradient=self.iou_target_gradient,
-        )
-        losses["loss_iou"] = self.iou_loss_weight * loss_iou / self.loss_normalizer  # Eq. 3
+        losses["loss_iou"] = self.iou_branch_losses(
+            anchors, pred_anchor_deltas, gt_labels, torch.stack(gt_boxes), pred_iou_logits)
         return losses
 
     def forward_inference(
