@@ -9,6 +9,7 @@ from detectron2.modeling import build_model
 from imbalance import add_imbalance_config
 from offset_bin import OffsetBinCascadeROIHeads, OffsetBinOutputLayers, OffsetBinROIHeads
 from offset_bin import add_offset_bin_config
+from offset_bin.output_layers import _resolve_cls_agnostic
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "offset_bin"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -47,6 +48,8 @@ def test_config_merges(path):
     assert cfg.MODEL.OFFSET_BIN.NUM_STAGES == expected_k
     assert cfg.MODEL.OFFSET_BIN.EXPECTATION is ("argmax" not in name)
     assert (cfg.MODEL.OFFSET_BIN.RANGE, cfg.MODEL.OFFSET_BIN.NUM_BINS) == (3.0, 20)
+    # One set of 4n bin scores per RoI (section 3.2.2), whatever the baseline's regression.
+    assert _resolve_cls_agnostic(cfg) is True
     if cascade:
         assert list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) == [0.5, 0.7]  # section 4.2
     if "R_101" in name or "X_101" in name:
