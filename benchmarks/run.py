@@ -2,7 +2,7 @@
 """Benchmark every method beside its Detectron2 baseline: accuracy, parameters, speed and memory.
 
     python benchmarks/run.py --suite embedded                  # full suite (resumable)
-    python benchmarks/run.py --suite embedded --seeds 1 2 3    # headline pairs over 3 seeds
+    python benchmarks/run.py --suite embedded --seeds 1        # one seed for every pair
     python benchmarks/run.py --suite embedded --quick --only faster_vs_offset_bin   # CI smoke run
     python benchmarks/run.py --readme benchmarks/results/embedded-2026-11-23.json   # Results text
     python benchmarks/run.py --suite embedded --plan           # what would run, nothing trained
@@ -203,6 +203,25 @@ def _metrics(results: dict, output_dir: str, test_dataset: str, max_dets: int) -
     return out
 
 
+def _check_resumable(out_dir: str, spec: dict) -> None:
+    """A work dir holds one configuration: resuming with another config, opts or schedule (e.g.
+    after the suite's schedule changed) would mix two trainings in one checkpoint, so it stops
+    with an error instead. The first start records the configuration in ``run_spec.json``."""
+    path = os.path.join(out_dir, "run_spec.json")
+    want = {"config": spec["config"], "opts": _run_opts(spec, spec["seed"], out_dir)[:-2]}
+    if os.path.isfile(path):
+        have = _read_json(path)
+        if have != want:
+            raise SystemExit(f"{out_dir} holds an interrupted run of another configuration:\n"
+                             f"  there: {have}\n  asked: {want}\n"
+                             "Delete that directory or use another --work-dir.")
+        return
+    if os.path.isfile(os.path.join(out_dir, "last_checkpoint")):
+        raise SystemExit(f"{out_dir} holds checkpoints of an unknown configuration (no "
+                         "run_spec.json); delete it or use another --work-dir.")
+    _write_json(path, want)
+
+
 def child_train(spec: dict) -> None:
     """Train and evaluate one (model, seed); write ``result.json`` into its OUTPUT_DIR last."""
     import torch
@@ -252,6 +271,7 @@ def child_train(spec: dict) -> None:
             return cls.digest_loader
 
     out_dir = spec["output_dir"]
+    _check_resumable(out_dir, spec)
     cfg = _setup_cfg(spec["config"], _run_opts(spec, spec["seed"], out_dir))
     timer = StepTimer()
     trainer = BenchmarkTrainer(cfg)
@@ -418,8 +438,8 @@ def machine_description() -> str:
 
 
 def _schedule_opts(max_iter: Optional[int]) -> List[str]:
-    """--max-iter N: the configs' 1500-iteration schedule scaled to N (LR steps at the same
-    fractions, 1100/1500 and 1350/1500)."""
+    """The configs' 1500-iteration schedule scaled to ``max_iter`` (LR steps at the same
+    fractions, 1100/1500 and 1350/1500); no opts for None."""
     if not max_iter:
         return []
     return ["SOLVER.MAX_ITER", str(max_iter),
@@ -438,16 +458,19 @@ def run_suite(args) -> str:
     if args.max_iter and not args.quick:
         tag += f"-it{args.max_iter}"  # another schedule: other work dir, nothing reused
     work = os.path.abspath(args.work_dir or os.path.join(REPO, "benchmarks", "work", tag))
-    seeds = list(args.seeds)
-    sched = _schedule_opts(args.max_iter)
-    common = {"quick": args.quick, "schedule_opts": sched + list(args.opts)}
+    seeds = list(args.seeds or suite.seeds)
 
     def run_dir(model: str, seed: int) -> str:
         return os.path.join(work, f"{model}-seed{seed}")
 
+    def schedule(model: str) -> Optional[int]:
+        return None if args.quick else (args.max_iter or suite.schedule(model))
+
     def model_spec(model: str) -> dict:
         m = suite.models[model]
-        return {"model": model, "config": m.config, "model_opts": list(m.opts), **common}
+        return {"model": model, "config": m.config, "model_opts": list(m.opts),
+                "quick": args.quick,
+                "schedule_opts": _schedule_opts(schedule(model)) + list(args.opts)}
 
     # 1. train
     todo = models_to_train(suite, seeds)
@@ -456,8 +479,9 @@ def run_suite(args) -> str:
     if args.plan:
         for i, (model, seed) in enumerate(todo, 1):
             done = os.path.isfile(os.path.join(run_dir(model, seed), "result.json"))
-            print(f"  [{i}/{len(todo)}] {model} seed {seed}: {suite.models[model].config}"
-                  f"{'  (done)' if done else ''}")
+            iters = schedule(model) or "config's"
+            print(f"  [{i}/{len(todo)}] {model} seed {seed}, {iters} iterations: "
+                  f"{suite.models[model].config}{'  (done)' if done else ''}")
         return ""
     walls: List[float] = []
     for i, (model, seed) in enumerate(todo, 1):
@@ -539,7 +563,9 @@ def aggregate(suite: Suite, work: str, seeds: List[int], args) -> dict:
         known = {d for d in digests.values() if d}
         pairs.append({"name": p.name, "title": p.title, "baseline": p.models[0],
                       "models": list(p.models), "claim": p.claim, "metric": p.metric,
-                      "headline": p.headline, "speed": speed["models"],
+                      "headline": p.headline, "noise_from": p.noise_from,
+                      "max_iter": models[p.models[0]]["max_iter"],
+                      "speed": speed["models"],
                       "same_data_order": len(known) == 1 and len(known) == len(set(digests.values()))})
     ablations = []
     for ab in suite.ablations:
@@ -553,7 +579,7 @@ def aggregate(suite: Suite, work: str, seeds: List[int], args) -> dict:
         "suite": suite.name, "quick": args.quick,
         "command": "python benchmarks/run.py " + " ".join(args.argv),
         "machine": machine_description(), "date": datetime.date.today().isoformat(),
-        "seeds": seeds, "schedule": {"max_iter": run0["max_iter"],
+        "seeds": seeds, "schedule": {"max_iter": sorted({e["max_iter"] for e in models.values()}),
                                      "ims_per_batch": run0["ims_per_batch"],
                                      "train": run0["train_dataset"], "test": run0["test_dataset"]},
         "memory": "peak RSS of the training+evaluation process (resource.getrusage RUSAGE_SELF "
@@ -574,10 +600,18 @@ def _cell(mean, std=None, digits=1) -> str:
 
 
 def _verdict(report: dict, pair: dict) -> str:
-    """One sentence: does the paper's effect appear at this scale (on ``pair['metric']``)?"""
+    """One sentence: does the paper's effect appear at this scale (on ``pair['metric']``)?
+
+    A difference is called real when it exceeds twice its seed noise: sqrt(std_a^2 + std_b^2) when
+    both sides have seeds; sqrt(2) times the seeded side's std (or the ``noise_from`` model's, on
+    the same schedule) when one run stands against another."""
     k = pair["metric"]
     base = report["models"][pair["baseline"]]
     b_mean, b_std = base["mean"][k], base["std"][k]
+    ref_std, ref_label = b_std, f"the baseline's {len(base['seeds'])} seeds"
+    ref = report["models"].get(pair.get("noise_from") or "")
+    if ref_std is None and ref is not None and ref["std"][k] is not None:
+        ref_std, ref_label = ref["std"][k], f"{ref['label']}'s {len(ref['seeds'])} seeds"
     parts = []
     for m in pair["models"][1:]:
         e = report["models"][m]
@@ -591,6 +625,12 @@ def _verdict(report: dict, pair: dict) -> str:
             what = ("a real gain" if d > 2 * noise else "a real loss" if d < -2 * noise
                     else "within seed noise")
             parts.append(f"{e['label']} {d:+.1f} {k} ({what}, {len(e['seeds'])} seeds)")
+        elif ref_std is not None or std is not None:
+            noise = math.sqrt(2) * (ref_std if ref_std is not None else std)
+            label = ref_label if ref_std is not None else f"its {len(e['seeds'])} seeds"
+            what = "beyond" if abs(d) > 2 * noise else "within"
+            parts.append(f"{e['label']} {d:+.1f} {k} (one seed; {what} twice the noise "
+                         f"{label} show)")
         else:
             parts.append(f"{e['label']} {d:+.1f} {k} (one seed: not separable from noise)")
     head = "Quick run (a few iterations): the numbers are meaningless. " if report["quick"] else ""
@@ -607,16 +647,18 @@ def render_markdown(report: dict) -> str:
         f"- Command: `{report['command']}`",
         f"- Machine: {report['machine']}",
         f"- Date: {report['date']}",
-        f"- Schedule: {s['max_iter']} iterations at batch {s['ims_per_batch']} on "
-        f"{', '.join(s['train'])}, evaluated on {', '.join(s['test'])}; seeds {report['seeds']} "
-        "(headline pairs over all seeds, mean ± std; the others on the first seed).",
+        f"- Schedule: {' or '.join(map(str, s['max_iter']))} iterations (per pair, in its heading) "
+        f"at batch {s['ims_per_batch']} on {', '.join(s['train'])}, evaluated on "
+        f"{', '.join(s['test'])}; seeds {report['seeds']} (the seeded models of headline pairs "
+        "over all seeds, mean ± std; the others on the first seed).",
         f"- Speed: {report['speed']}.",
         f"- Memory: {report['memory']}.", "",
     ]
     head = ("| model | AP | AP50 | AP75 | AP60 | AP70 | AP80 | AP90 | mask AP | params (M) | "
             "head params (M) | train s/iter (x base) | inference ms/img (x base) | peak RSS (MB) |")
     for pair in report["pairs"]:
-        lines += [f"### {pair['title']}{' (headline)' if pair['headline'] else ''}", "", head,
+        lines += [f"### {pair['title']}{' (headline)' if pair['headline'] else ''}, "
+                  f"{pair['max_iter']} iterations", "", head,
                   "|" + "---|" * 14]
         for m in pair["models"]:
             e, sp = report["models"][m], pair["speed"][m]
@@ -653,11 +695,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--suite", default="embedded")
     p.add_argument("--quick", action="store_true",
                    help="3 iterations on shapes_mini_train, evaluated on shapes_mini_val")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1],
-                   help="headline pairs run with every seed, the others with the first")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="headline pairs' seeded models run with every seed, the rest with the "
+                        "first (default: the suite's, 1 2 3 for embedded)")
     p.add_argument("--only", nargs="+", default=[], help="pair or ablation names of the suite")
     p.add_argument("--max-iter", type=int, default=None,
-                   help="scale the configs' schedule to this many iterations")
+                   help="train every model this many iterations (the configs' schedule scaled) "
+                        "instead of the suite's schedules; work dir <suite>-it<N>")
     p.add_argument("--work-dir", default=None, help="default benchmarks/work/<suite>[-quick]")
     p.add_argument("--results-dir", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--plan", action="store_true", help="list the trainings; run nothing")

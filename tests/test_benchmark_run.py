@@ -15,8 +15,9 @@ from pycocotools.cocoeval import COCOeval
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from run import METRICS, ap_at_iou, box_ap_at_ious, render_markdown  # noqa: E402
-from suites import get_suite, models_to_train  # noqa: E402
+from run import (METRICS, _check_resumable, _verdict, ap_at_iou, box_ap_at_ious,  # noqa: E402
+                 render_markdown)
+from suites import Model, Pair, Suite, get_suite, models_to_train  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,13 +100,67 @@ def test_embedded_suite_configs_exist_and_headlines_repeat():
     suite = get_suite("embedded")
     for m in suite.models.values():
         assert os.path.isfile(os.path.join(REPO, m.config)), m.config
-    order = models_to_train(suite, [1, 2])
+    order = models_to_train(suite, list(suite.seeds))
     assert len(order) == len(set(order))
     assert {m for m, _ in order} == set(suite.models)
-    headline = {m for p in suite.pairs if p.headline for m in p.models}
-    assert {m for m, s in order if s == 2} == headline
+    seeded = {"retinanet", "iou_aware_retinanet", "faster_rcnn", "offset_bin_K1"}
+    assert {m for m, s in order if s == 2} == {m for m, s in order if s == 3} == seeded
+    assert suite.seeds == (1, 2, 3)
+    for p in suite.pairs:  # a pair's members share one schedule
+        assert len({suite.schedule(m) for m in p.models}) == 1, p.name
+    assert suite.schedule("faster_rcnn") == 600 and suite.schedule("retinanet") == 1500
     with pytest.raises(ValueError, match="no_such_pair"):
         suite.select(["no_such_pair"])
+
+
+def test_suite_check_rejects_mixed_schedules_and_stray_seeded_models():
+    models = {"a": Model("a", "a.yaml", "A"), "b": Model("b", "b.yaml", "B", max_iter=100)}
+    with pytest.raises(ValueError, match="share one schedule"):
+        Suite("s", models, (Pair("p", "P", ("a", "b"), "claim"),), max_iter=50).check()
+    Suite("s", models, (Pair("p", "P", ("a", "b"), "claim"),), max_iter=100).check()
+    with pytest.raises(ValueError, match="noise_from 'a' is not a seeded model"):
+        Suite("s", models, (Pair("p", "P", ("a", "b"), "claim", noise_from="a"),),
+              max_iter=100).check()
+    with pytest.raises(ValueError, match=r"seeded models \['c'\]"):
+        Suite("s", models, (Pair("p", "P", ("a", "b"), "c", headline=True, seeded=("c",)),),
+              max_iter=100).check()
+
+
+def test_interrupted_run_resumes_only_with_its_own_configuration(tmp_path):
+    spec = {"model": "m", "config": "configs/x.yaml", "model_opts": [], "quick": False,
+            "schedule_opts": ["SOLVER.MAX_ITER", "600"], "seed": 1}
+    out = str(tmp_path / "m-seed1")
+    _check_resumable(out, spec)
+    _check_resumable(out, spec)  # same configuration: resumes
+    with pytest.raises(SystemExit, match="another configuration"):
+        _check_resumable(out, {**spec, "schedule_opts": ["SOLVER.MAX_ITER", "1500"]})
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "last_checkpoint").write_text("model_0000499.pth")
+    with pytest.raises(SystemExit, match="unknown configuration"):
+        _check_resumable(str(tmp_path / "old"), spec)
+
+
+def test_verdict_against_the_seed_noise():
+    def entry(label, mean, std, seeds):
+        return {"label": label, "mean": {"AP": mean}, "std": {"AP": std}, "seeds": seeds}
+
+    report = {"quick": False, "models": {
+        "base": entry("Base", 40.0, 1.0, [1, 2, 3]), "far": entry("Far", 44.0, None, [1]),
+        "near": entry("Near", 42.0, None, [1]), "seeded": entry("Seeded", 43.0, 0.5, [1, 2, 3])}}
+    pair = {"metric": "AP", "baseline": "base", "models": ["base", "far", "near", "seeded"],
+            "claim": "it helps"}
+    text = _verdict(report, pair)
+    # one seed: noise = sqrt(2) * 1.0; 4.0 > 2 * 1.414 > 2.0
+    assert "Far +4.0 AP (one seed; beyond twice" in text
+    assert "Near +2.0 AP (one seed; within twice" in text
+    # seeds on both sides: noise = sqrt(1 + 0.25) = 1.118; 3.0 > 2.236
+    assert "Seeded +3.0 AP (a real gain, 3 seeds)" in text
+    # a single-seed baseline borrows the noise of another model's seeds (noise_from)
+    report["models"]["base"] = entry("Base", 40.0, None, [1])
+    text = _verdict(report, {**pair, "models": ["base", "far", "near"], "noise_from": "seeded"})
+    assert "Far +4.0 AP (one seed; beyond twice the noise Seeded's 3 seeds show)" in text  # 4>1.41
+    assert "Near +2.0 AP (one seed; beyond" in text  # 2.0 > 2 * sqrt(2) * 0.5 = 1.41
+    assert "not separable" in _verdict(report, {**pair, "models": ["base", "far"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,8 +191,8 @@ def quick(tmp_path_factory):
 def test_quick_writes_well_formed_json(quick):
     _, log, path = quick
     report = json.loads(path.read_text())  # strict JSON: no NaN
-    assert report["quick"] and report["seeds"] == [1]
-    assert report["schedule"]["max_iter"] == 3 and report["schedule"]["train"] == [
+    assert report["quick"] and report["seeds"] == [1, 2, 3]  # the suite's default
+    assert report["schedule"]["max_iter"] == [3] and report["schedule"]["train"] == [
         "shapes_mini_train"]
     assert set(report["models"]) == {"fcos", "iou_aware_fcos", "iou_aware_retinanet"}
     for name, entry in report["models"].items():
