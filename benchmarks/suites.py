@@ -210,7 +210,7 @@ _EMBEDDED_PAIRS = (
          "OHEM, IoU-balanced sampling and PISA raise AP over random 1:3 sampling (Detectron2's; "
          "the registry's random sampler draws the same RoIs)", metric="AP"),
     Pair("r3cnn_offset_bin", "R^3-CNN with the offset-bin predictor",
-         ("r3cnn_naive", "offset_bin_K2", "r3cnn_offset_bin"),
+         ("r3cnn_naive", "offset_bin_K1", "r3cnn_offset_bin"),
          "(no paper) the two refinements add up: R^3-CNN + offset bins beats both alone",
          metric="AP", noise_from="faster_rcnn"),
 )
