@@ -5,6 +5,7 @@
     python benchmarks/run.py --suite embedded --seeds 1        # one seed for every pair
     python benchmarks/run.py --suite embedded --quick --only faster_vs_offset_bin   # CI smoke run
     python benchmarks/run.py --readme benchmarks/results/embedded-2026-11-23.json   # Results text
+    python benchmarks/run.py --readme benchmarks/results/embedded-2026-11-23.json --into README.md
     python benchmarks/run.py --suite embedded --plan           # what would run, nothing trained
 
 Phases, each resumable (a finished piece is skipped when the command is run again):
@@ -48,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from suites import Suite, get_suite, models_to_train  # noqa: E402
 
-__all__ = ["ap_at_iou", "box_ap_at_ious", "render_markdown", "main"]
+__all__ = ["ap_at_iou", "box_ap_at_ious", "render_markdown", "replace_results_section", "main"]
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 # AP at these IoUs is reported besides COCO's AP, AP50, AP75 (the papers' tables).
@@ -684,6 +685,27 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+RESULTS_BEGIN = "<!-- benchmarks/run.py results: begin -->"
+RESULTS_END = "<!-- benchmarks/run.py results: end -->"
+
+
+def replace_results_section(path: str, text: str) -> None:
+    """Put ``text`` between the ``RESULTS_BEGIN`` and ``RESULTS_END`` lines of the Markdown file
+    ``path`` (e.g. README.md), replacing what was there; the rest of the file is kept."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    try:
+        begin, end = lines.index(RESULTS_BEGIN), lines.index(RESULTS_END)
+    except ValueError:
+        raise SystemExit(f"{path}: needs the lines {RESULTS_BEGIN!r} and {RESULTS_END!r} "
+                         "around its Results section") from None
+    if end < begin:
+        raise SystemExit(f"{path}: {RESULTS_END!r} comes before {RESULTS_BEGIN!r}")
+    lines[begin + 1:end] = text.rstrip("\n").split("\n")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
@@ -707,12 +729,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--plan", action="store_true", help="list the trainings; run nothing")
     p.add_argument("--readme", metavar="RESULTS_JSON",
                    help="print the Markdown Results section of a results json and exit")
+    p.add_argument("--into", metavar="MARKDOWN_FILE",
+                   help="with --readme: replace the text between the file's "
+                        f"'{RESULTS_BEGIN}' and '{RESULTS_END}' lines instead of printing")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="config opts added to every model (after the suite's)")
     args = p.parse_args(argv)
     args.argv = argv
     if args.readme:
-        print(render_markdown(_read_json(args.readme)))
+        text = render_markdown(_read_json(args.readme))
+        if args.into:
+            replace_results_section(args.into, text)
+        else:
+            print(text)
         return
     run_suite(args)
 

@@ -15,8 +15,8 @@ from pycocotools.cocoeval import COCOeval
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from run import (METRICS, _check_resumable, _verdict, ap_at_iou, box_ap_at_ious,  # noqa: E402
-                 render_markdown)
+from run import (METRICS, RESULTS_BEGIN, RESULTS_END, _check_resumable, _verdict,  # noqa: E402
+                 ap_at_iou, box_ap_at_ious, render_markdown)
 from suites import Model, Pair, Suite, get_suite, models_to_train  # noqa: E402
 
 
@@ -226,8 +226,20 @@ def test_quick_writes_the_markdown_table(quick):
     alpha_rows = [r for r in rows if r.split("|")[1].strip().lstrip("-").replace(".", "").isdigit()]
     assert len(alpha_rows) == 12
     assert "not separable from noise" in md and "Quick run" in md
-    # --readme renders the same text from the json
+    # --readme renders the same text from the json, and --into puts it between the markers
     assert render_markdown(json.loads(path.read_text())) == md
+    readme = tmp / "README.md"
+    readme.write_text(f"# Title\n\n{RESULTS_BEGIN}\nold text\n{RESULTS_END}\n\n## Next\n")
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--readme", str(path), "--into",
+                           str(readme)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert readme.read_text() == (f"# Title\n\n{RESULTS_BEGIN}\n{md.rstrip()}\n{RESULTS_END}"
+                                  "\n\n## Next\n")
+    readme.write_text("# no markers\n")
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--readme", str(path), "--into",
+                           str(readme)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "needs the lines" in proc.stderr
+    assert readme.read_text() == "# no markers\n"
 
 
 def test_quick_resumes_without_retraining(quick):
