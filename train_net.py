@@ -11,6 +11,7 @@ Every project's config is added, so any config of ``configs/`` runs from here.
 import logging
 import os
 import weakref
+from typing import List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -83,21 +84,28 @@ class Trainer(DefaultTrainer):
         ])
 
 
-def setup(args) -> CfgNode:
-    """Config from every project's defaults, the file and the command line; then Detectron2's
-    default setup (output dir, logging, seed)."""
+def build_cfg(config_file: str, opts: List[str]) -> CfgNode:
+    """The frozen config of ``config_file`` with ``opts`` on top of every project's defaults; no
+    side effect (no output dir, logging or dataset registration)."""
     cfg = get_cfg()
     add_imbalance_config(cfg)
     add_r3cnn_config(cfg)
     add_iou_aware_config(cfg)
     add_offset_bin_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file!r} does not exist")
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    """:func:`build_cfg` of the command line; then the datasets and Detectron2's default setup
+    (output dir, logging, seed)."""
+    cfg = build_cfg(args.config_file, args.opts)
     register_coco_format_datasets(cfg)
     check_dataset_names(cfg)
     default_setup(cfg, args)

@@ -204,6 +204,35 @@ def _metrics(results: dict, output_dir: str, test_dataset: str, max_dets: int) -
     return out
 
 
+def config_changes(spec: dict, seed: int, out_dir: str, limit: int = 5) -> List[str]:
+    """How the merged config of a finished run (the ``config.yaml`` Detectron2 saved in its
+    OUTPUT_DIR) differs from the config the suite would train now: "KEY: old -> new" for up to
+    ``limit`` keys (OUTPUT_DIR aside); empty when identical or when the run saved no config.
+    Catches a config file edited after its run finished, e.g. a fixed default."""
+    import yaml
+
+    from train_net import build_cfg
+
+    saved = os.path.join(out_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        return []
+    with open(saved) as f:
+        old = yaml.safe_load(f)
+    new = yaml.safe_load(build_cfg(os.path.join(REPO, spec["config"]),
+                                   _run_opts(spec, seed, out_dir)).dump())
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(old), flat(new)
+    keys = sorted(k for k in (set(old) | set(new)) - {"OUTPUT_DIR"}  # a moved work dir: same run
+                  if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys[:limit]]
+
+
 def _check_resumable(out_dir: str, spec: dict) -> None:
     """A work dir holds one configuration: resuming with another config, opts or schedule (e.g.
     after the suite's schedule changed) would mix two trainings in one checkpoint, so it stops
@@ -489,9 +518,26 @@ def run_suite(args) -> str:
         out = run_dir(model, seed)
         result_file = os.path.join(out, "result.json")
         if os.path.isfile(result_file):
-            walls.append(_read_json(result_file)["train_and_eval_wall_s"])
-            print(f"[{i}/{len(todo)}] {model} seed {seed}: done, skipped", flush=True)
-            continue
+            changed = config_changes(model_spec(model), seed, out)
+            if not changed:
+                walls.append(_read_json(result_file)["train_and_eval_wall_s"])
+                print(f"[{i}/{len(todo)}] {model} seed {seed}: done, skipped", flush=True)
+                continue
+            # Its config changed since it was trained: set the run (and what was measured on its
+            # weights) aside, nothing deleted, and train it again.
+            aside = f"{out}.stale-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            print(f"[{i}/{len(todo)}] {model} seed {seed}: its config changed since it was "
+                  f"trained ({'; '.join(changed)}); moved to {aside}, training again", flush=True)
+            os.replace(out, aside)
+            if seed == seeds[0]:
+                for pair in suite.pairs:
+                    speed = os.path.join(work, f"speed-{pair.name}.json")
+                    if model in pair.models and os.path.isfile(speed):
+                        os.replace(speed, os.path.join(aside, os.path.basename(speed)))
+                for ab in suite.ablations:
+                    ab_dir = os.path.join(work, f"ablation-{ab.name}")
+                    if ab.model == model and os.path.isdir(ab_dir):
+                        os.replace(ab_dir, os.path.join(aside, os.path.basename(ab_dir)))
         eta = (f", rough ETA of the training phase {_fmt_duration(statistics.mean(walls) * (len(todo) - i + 1))}"
                if walls else "")
         print(f"[{i}/{len(todo)}] training {model} seed {seed} -> {out}{eta}", flush=True)

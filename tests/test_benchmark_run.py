@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from run import (METRICS, RESULTS_BEGIN, RESULTS_END, _check_resumable, _verdict,  # noqa: E402
-                 ap_at_iou, box_ap_at_ious, render_markdown)
+                 ap_at_iou, box_ap_at_ious, config_changes, render_markdown)
 from suites import Model, Pair, Suite, get_suite, models_to_train  # noqa: E402
 
 
@@ -138,6 +138,26 @@ def test_interrupted_run_resumes_only_with_its_own_configuration(tmp_path):
     (tmp_path / "old" / "last_checkpoint").write_text("model_0000499.pth")
     with pytest.raises(SystemExit, match="unknown configuration"):
         _check_resumable(str(tmp_path / "old"), spec)
+
+
+def test_a_finished_run_whose_config_changed_is_reported_stale(tmp_path):
+    from train_net import build_cfg
+
+    config = "configs/iou_aware/iou_aware_fcos_smallR_FPN_shapes.yaml"
+    spec = {"model": "m", "config": config, "model_opts": [], "quick": False,
+            "schedule_opts": ["SOLVER.MAX_ITER", "600"], "seed": 1}
+    out = tmp_path / "m-seed1"
+    out.mkdir()
+    assert config_changes(spec, 1, str(out)) == []  # no saved config: nothing to compare
+    # what the run saved when it was trained: the same config then, with the old target gradient
+    trained = build_cfg(os.path.join(REPO, config), ["SOLVER.MAX_ITER", "600", "SEED", "1",
+                                                     "OUTPUT_DIR", "/elsewhere",
+                                                     "MODEL.IOU_AWARE.TARGET_GRADIENT", "True"])
+    (out / "config.yaml").write_text(trained.dump())
+    assert config_changes(spec, 1, str(out)) == ["MODEL.IOU_AWARE.TARGET_GRADIENT: True -> False"]
+    trained = build_cfg(os.path.join(REPO, config), ["SOLVER.MAX_ITER", "600", "SEED", "1"])
+    (out / "config.yaml").write_text(trained.dump())
+    assert config_changes(spec, 1, str(out)) == []
 
 
 def test_verdict_against_the_seed_noise():

@@ -1,11 +1,12 @@
 """Tests of iou_aware.iou_branch: Eq. 5 confidence, Eq. 3 losses and the IoU target, by hand."""
 import math
+import os
 
 import pytest
 import torch
 
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, pairwise_iou
 
 from iou_aware.iou_branch import (
     check_alpha,
@@ -112,3 +113,39 @@ def test_target_gradient_reaches_deltas_only_when_on(target_gradient):
         assert deltas.grad[0, 1].abs().sum() == 0
     else:
         assert deltas.grad is None
+
+
+@pytest.mark.parametrize("logit,iou_moves", [(-2.0, "down"), (2.0, "up")])
+def test_target_gradient_moves_the_box_toward_the_predicted_side_of_one_half(logit, iou_moves):
+    """With BCE, dL/d(target IoU) = -logit (Eq. 3): a gradient step through the target lowers the
+    box's IoU with its ground truth while the predicted IoU is below 0.5. This is why the IoU-aware
+    FCOS configs detach the target (their comment has the measured collapse)."""
+    anchors, deltas, gt_boxes, pos_mask, iou_logits = _one_image_example(0.5)  # IoU 1/3
+    with torch.no_grad():
+        iou_logits[0, 0, 0] = logit
+    loss = iou_branch_loss(anchors, Box2BoxTransform((1.0, 1.0, 1.0, 1.0)), [deltas], gt_boxes,
+                           pos_mask, [iou_logits], loss_type="bce", target_gradient=True)
+    loss.backward()
+    with torch.no_grad():
+        stepped = deltas - 0.1 * deltas.grad
+    # the box's IoU with the ground truth [0, 0, 10, 10] after the step: a shift by 10*dx px
+    iou_after = pairwise_iou(
+        Boxes(Box2BoxTransform((1.0, 1.0, 1.0, 1.0)).apply_deltas(stepped[0, :1], anchors[0].tensor[:1])),
+        Boxes(gt_boxes[0, :1])).item()
+    assert (iou_after < 1.0 / 3.0) if iou_moves == "down" else (iou_after > 1.0 / 3.0)
+
+
+def test_iou_aware_fcos_configs_detach_the_target():
+    from detectron2.config import get_cfg
+    from imbalance import add_imbalance_config
+
+    from iou_aware import add_iou_aware_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
+    for name in ("iou_aware_fcos_smallR_FPN_shapes.yaml", "iou_aware_fcos_multiply_smallR_FPN_shapes.yaml",
+                 "iou_aware_fcos_R_50_FPN_1x_coco.yaml"):
+        cfg = get_cfg()
+        add_imbalance_config(cfg)  # the small CPU backbone's keys
+        add_iou_aware_config(cfg)
+        cfg.merge_from_file(os.path.join(root, name))
+        assert cfg.MODEL.IOU_AWARE.TARGET_GRADIENT is False, name
