@@ -148,6 +148,9 @@ _EMBEDDED_MODELS = _models(
           max_iter=1500),
     Model("iou_aware_retinanet", "configs/iou_aware/iou_aware_retinanet_smallR_FPN_shapes.yaml",
           "IoU-aware RetinaNet, alpha 0.5", max_iter=1500),
+    # The product p * IoU ranks detections exactly as alpha 0.5 (p^0.5 IoU^0.5 = sqrt(p IoU), a
+    # monotone map) and trains the same weights (alpha only enters inference): its AP can differ
+    # from alpha 0.5's only through the score threshold before NMS.
     Model("iou_aware_retinanet_product",
           "configs/iou_aware/iou_aware_retinanet_product_smallR_FPN_shapes.yaml",
           "IoU-aware RetinaNet, product", max_iter=1500),
