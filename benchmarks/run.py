@@ -309,8 +309,13 @@ def child_train(spec: dict) -> None:
     trainer.resume_or_load(resume=True)
     start_iter = trainer.start_iter
     t0 = time.perf_counter()
-    trainer.train()
-    results = trainer._last_eval_results  # set by DefaultTrainer's EvalHook at the last iteration
+    diverged = None
+    try:
+        trainer.train()
+    except FloatingPointError as e:
+        # Detectron2's check for Inf/NaN losses or boxes. A rerun with the same seed diverges
+        # again, so this is the run's result: recorded, and the suite goes on.
+        diverged = {"iteration": int(trainer.iter), "error": str(e).splitlines()[0][:300]}
     wall = time.perf_counter() - t0
     steps = timer.times[min(5, max(len(timer.times) - 1, 0)):]  # skip warm-up steps
     result = {
@@ -319,8 +324,10 @@ def child_train(spec: dict) -> None:
         "max_iter": cfg.SOLVER.MAX_ITER, "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "train_dataset": list(cfg.DATASETS.TRAIN), "test_dataset": list(cfg.DATASETS.TEST),
         "resumed_from_iter": start_iter,
-        "metrics": _metrics(results, cfg.OUTPUT_DIR, cfg.DATASETS.TEST[0],
-                            cfg.TEST.DETECTIONS_PER_IMAGE),
+        "diverged": diverged,
+        "metrics": ({k: None for k in METRICS} if diverged else
+                    _metrics(trainer._last_eval_results,  # set by the EvalHook at the last iteration
+                             cfg.OUTPUT_DIR, cfg.DATASETS.TEST[0], cfg.TEST.DETECTIONS_PER_IMAGE)),
         **_count_params(trainer.model),
         "train_s_per_iter_median": statistics.median(steps) if steps else None,
         "train_and_eval_wall_s": wall,
@@ -553,7 +560,8 @@ def run_suite(args) -> str:
             continue
         members = [{**model_spec(m), "weights": os.path.join(run_dir(m, seeds[0]),
                                                              "model_final.pth")}
-                   for m in pair.models]
+                   for m in pair.models
+                   if not _read_json(os.path.join(run_dir(m, seeds[0]), "result.json")).get("diverged")]
         _run_child("speed", {"pair": pair.name, "models": members, "seed": seeds[0],
                              "quick": args.quick, "result": path,
                              "output_dir": os.path.join(work, f"speed-{pair.name}")})
@@ -603,6 +611,7 @@ def aggregate(suite: Suite, work: str, seeds: List[int], args) -> dict:
         for k in ("params_total", "params_head", "head_module", "max_iter", "ims_per_batch"):
             entry[k] = first[k]
         entry["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+        entry["diverged"] = {str(r["seed"]): r["diverged"] for r in runs if r.get("diverged")}
     pairs = []
     for p in suite.pairs:
         speed = _read_json(os.path.join(work, f"speed-{p.name}.json"))
@@ -663,6 +672,12 @@ def _verdict(report: dict, pair: dict) -> str:
     for m in pair["models"][1:]:
         e = report["models"][m]
         mean, std = e["mean"][k], e["std"][k]
+        if e.get("diverged") or base.get("diverged"):
+            which = e if e.get("diverged") else base
+            its = ", ".join(f"seed {sd} at iteration {d['iteration']}"
+                            for sd, d in which["diverged"].items())
+            parts.append(f"{which['label']} diverged ({its})")
+            continue
         if mean is None or b_mean is None:
             parts.append(f"{e['label']}: no {k}")
             continue
@@ -708,14 +723,16 @@ def render_markdown(report: dict) -> str:
                   f"{pair['max_iter']} iterations", "", head,
                   "|" + "---|" * 14]
         for m in pair["models"]:
-            e, sp = report["models"][m], pair["speed"][m]
+            e, sp = report["models"][m], pair["speed"].get(m)
             cells = [_cell(e["mean"][k], e["std"][k]) for k in METRICS]
             head_p = "-" if e["params_head"] is None else f"{e['params_head'] / 1e6:.2f}"
+            label = e["label"] + ("".join(f" (seed {sd} diverged at iteration {d['iteration']})"
+                                          for sd, d in e.get("diverged", {}).items()))
+            speed = (f"{sp['train_s_per_iter']:.3f} (x{sp['train_ratio']:.2f}) | "
+                     f"{sp['infer_ms_per_image']:.1f} (x{sp['infer_ratio']:.2f})" if sp else "- | -")
             lines.append(
-                f"| {e['label']} | " + " | ".join(cells) + f" | {e['params_total'] / 1e6:.2f} | "
-                f"{head_p} | {sp['train_s_per_iter']:.3f} (x{sp['train_ratio']:.2f}) | "
-                f"{sp['infer_ms_per_image']:.1f} (x{sp['infer_ratio']:.2f}) | "
-                f"{e['peak_rss_mb']:.0f} |")
+                f"| {label} | " + " | ".join(cells) + f" | {e['params_total'] / 1e6:.2f} | "
+                f"{head_p} | {speed} | {e['peak_rss_mb']:.0f} |")
         lines += ["", _verdict(report, pair)
                   + ("" if pair["same_data_order"] else
                      " (Warning: the members of this pair were not fed identical batches.)"), ""]

@@ -269,3 +269,20 @@ def test_quick_resumes_without_retraining(quick):
     assert log.count("done, skipped") >= 3 + 1 + 12  # 3 trainings, 1 speed pair, 12 alpha values
     assert "Starting training" not in log
     assert {p: p.stat().st_mtime for p in before} == before
+
+
+def test_a_diverged_model_is_reported_not_hidden(quick):
+    """A training that hit Detectron2's Inf/NaN check is a result: its row says where it diverged
+    (no metrics, no speed) and the pair's sentence says it diverged."""
+    _, _, path = quick
+    report = json.loads(path.read_text())
+    e = report["models"]["iou_aware_fcos"]
+    e["diverged"] = {"1": {"iteration": 152, "error": "Predicted boxes ... contain Inf/NaN."}}
+    e["mean"] = {k: None for k in METRICS}
+    e["std"] = {k: None for k in METRICS}
+    del report["pairs"][0]["speed"]["iou_aware_fcos"]
+    md = render_markdown(report)
+    (row,) = [r for r in md.splitlines() if r.startswith("| IoU-aware FCOS")]
+    assert "(seed 1 diverged at iteration 152)" in row and row.count("|") == 15
+    assert "| - | - |" in row  # no speed
+    assert "IoU-aware FCOS diverged (seed 1 at iteration 152)" in md
