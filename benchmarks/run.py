@@ -635,6 +635,7 @@ def aggregate(suite: Suite, work: str, seeds: List[int], args) -> dict:
         "suite": suite.name, "quick": args.quick,
         "command": "python benchmarks/run.py " + " ".join(args.argv),
         "machine": machine_description(), "date": datetime.date.today().isoformat(),
+        "note": suite.note,
         "seeds": seeds, "schedule": {"max_iter": sorted({e["max_iter"] for e in models.values()}),
                                      "ims_per_batch": run0["ims_per_batch"],
                                      "train": run0["train_dataset"], "test": run0["test_dataset"]},
@@ -716,6 +717,8 @@ def render_markdown(report: dict) -> str:
         f"- Speed: {report['speed']}.",
         f"- Memory: {report['memory']}.", "",
     ]
+    if report.get("note"):
+        lines += [report["note"], ""]
     head = ("| model | AP | AP50 | AP75 | AP60 | AP70 | AP80 | AP90 | mask AP | params (M) | "
             "head params (M) | train s/iter (x base) | inference ms/img (x base) | peak RSS (MB) |")
     for pair in report["pairs"]:

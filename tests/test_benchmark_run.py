@@ -239,6 +239,7 @@ def test_quick_writes_the_markdown_table(quick):
     md = path.with_suffix(".md").read_text()
     assert md.startswith("## Results") and "- Command: `python benchmarks/run.py" in md
     assert "- Machine: " in md and "- Date: " in md
+    assert get_suite("embedded").note in md  # what a reader must know about the suite
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     pair_rows = [r for r in rows if r.startswith("| FCOS") or r.startswith("| IoU-aware FCOS")]
     assert len(pair_rows) == 2 and all(r.count("|") == 15 for r in pair_rows)
