@@ -90,6 +90,7 @@ class Suite:
         names = [p.name for p in self.pairs] + [a.name for a in self.ablations]
         if len(set(names)) != len(names):
             raise ValueError(f"suite {self.name!r}: duplicate pair/ablation names {names}")
+        seeded = {m for q in self.pairs for m in q.models_over_seeds()}
         for p in self.pairs:
             if len(p.models) < 2:
                 raise ValueError(f"pair {p.name!r} needs a baseline and at least one model")
@@ -104,7 +105,6 @@ class Suite:
             if stray:
                 raise ValueError(f"pair {p.name!r}: seeded models {sorted(stray)} are not members")
             if p.noise_from:
-                seeded = {m for q in self.pairs for m in q.models_over_seeds()}
                 if p.noise_from not in seeded:
                     raise ValueError(f"pair {p.name!r}: noise_from {p.noise_from!r} is not a "
                                      "seeded model of a headline pair")

@@ -136,16 +136,10 @@ def test_target_gradient_moves_the_box_toward_the_predicted_side_of_one_half(log
 
 
 def test_iou_aware_fcos_configs_detach_the_target():
-    from detectron2.config import get_cfg
-    from imbalance import add_imbalance_config
-
-    from iou_aware import add_iou_aware_config
+    from train_net import build_cfg
 
     root = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
     for name in ("iou_aware_fcos_smallR_FPN_shapes.yaml", "iou_aware_fcos_multiply_smallR_FPN_shapes.yaml",
                  "iou_aware_fcos_R_50_FPN_1x_coco.yaml"):
-        cfg = get_cfg()
-        add_imbalance_config(cfg)  # the small CPU backbone's keys
-        add_iou_aware_config(cfg)
-        cfg.merge_from_file(os.path.join(root, name))
+        cfg = build_cfg(os.path.join(root, name), [])
         assert cfg.MODEL.IOU_AWARE.TARGET_GRADIENT is False, name
