@@ -151,13 +151,19 @@ def _setup_cfg(config: str, opts: List[str]):
     return cfg
 
 
-def _run_opts(spec: dict, seed: int, output_dir: str) -> List[str]:
-    """The opts of one run: the model's, the quick or schedule overrides, seed and output dir."""
+def _spec_opts(spec: dict, seed: int) -> List[str]:
+    """The opts that define one run: the model's, the quick or schedule overrides and the seed
+    (what ``run_spec.json`` and ``result.json`` record)."""
     opts = list(spec["model_opts"])
     if spec["quick"]:
         opts += QUICK_OPTS
     opts += list(spec.get("schedule_opts", []))
-    return opts + ["SEED", str(seed), "OUTPUT_DIR", output_dir]
+    return opts + ["SEED", str(seed)]
+
+
+def _run_opts(spec: dict, seed: int, output_dir: str) -> List[str]:
+    """:func:`_spec_opts` and the run's output dir."""
+    return _spec_opts(spec, seed) + ["OUTPUT_DIR", output_dir]
 
 
 def _count_params(model) -> Dict[str, object]:
@@ -238,7 +244,7 @@ def _check_resumable(out_dir: str, spec: dict) -> None:
     after the suite's schedule changed) would mix two trainings in one checkpoint, so it stops
     with an error instead. The first start records the configuration in ``run_spec.json``."""
     path = os.path.join(out_dir, "run_spec.json")
-    want = {"config": spec["config"], "opts": _run_opts(spec, spec["seed"], out_dir)[:-2]}
+    want = {"config": spec["config"], "opts": _spec_opts(spec, spec["seed"])}
     if os.path.isfile(path):
         have = _read_json(path)
         if have != want:
@@ -320,7 +326,7 @@ def child_train(spec: dict) -> None:
     steps = timer.times[min(5, max(len(timer.times) - 1, 0)):]  # skip warm-up steps
     result = {
         "model": spec["model"], "seed": spec["seed"], "config": spec["config"],
-        "opts": _run_opts(spec, spec["seed"], out_dir)[:-2],
+        "opts": _spec_opts(spec, spec["seed"]),
         "max_iter": cfg.SOLVER.MAX_ITER, "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "train_dataset": list(cfg.DATASETS.TRAIN), "test_dataset": list(cfg.DATASETS.TEST),
         "resumed_from_iter": start_iter,

@@ -6,26 +6,18 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import build_roi_heads
-from imbalance import add_imbalance_config
 
-from offset_bin import add_offset_bin_config
 from r3cnn import R3CNNROIHeads, add_r3cnn_config
+from train_net import build_cfg
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "r3cnn", "r3cnn_*.yaml")))
 
 
-def base_cfg():
-    cfg = get_cfg()
-    add_imbalance_config(cfg)
-    add_r3cnn_config(cfg)
-    # r3cnn_offset_bin_* runs the offset-bin predictor in the loops
-    add_offset_bin_config(cfg)
-    return cfg
-
-
 def test_defaults_follow_the_issue():
-    r3 = base_cfg().MODEL.R3CNN
+    cfg = get_cfg()
+    add_r3cnn_config(cfg)
+    r3 = cfg.MODEL.R3CNN
     assert r3.NUM_LOOPS_TRAIN == 3 and r3.NUM_LOOPS_TEST == 0
     assert list(r3.IOU_THRESHOLDS) == [0.5, 0.6, 0.7]
     assert list(r3.LOOP_LOSS_WEIGHTS) == [1.0, 0.75, 0.5]
@@ -41,8 +33,7 @@ def test_both_scales_and_all_variants_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_r3cnn_heads(path):
-    cfg = base_cfg()
-    cfg.merge_from_file(path)
+    cfg = build_cfg(path, [])  # as train_net.py builds it, every project's keys included
     channels = cfg.MODEL.FPN.OUT_CHANNELS
     shape = {f"p{k}": ShapeSpec(channels=channels, stride=2 ** k) for k in range(2, 7)}
     heads = build_roi_heads(cfg, shape)
