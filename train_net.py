@@ -31,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 from imbalance import add_imbalance_config
 from imbalance.diagnostics import insert_imbalance_stats_hook
 from imbalance.data import check_dataset_names, ensure_generated, register_coco_format_datasets
-from imbalance.engine import create_ddp_model, launch
+from imbalance.engine import build_optimizer, create_ddp_model, launch
 from iou_aware import add_iou_aware_config, build_localization_evaluator
 from offset_bin import add_offset_bin_config
 from r3cnn import add_r3cnn_config
@@ -66,6 +66,12 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         """Detectron2's hooks, plus the one that totals the imbalance diagnostics between writes."""
         return insert_imbalance_stats_hook(super().build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Detectron2's optimizer; ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"`` clips the norm
+        of all gradients together (:func:`imbalance.engine.build_optimizer`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):

@@ -561,13 +561,15 @@ def run_suite(args) -> str:
     # 2. speed, per pair, first seed's weights
     for pair in suite.pairs:
         path = os.path.join(work, f"speed-{pair.name}.json")
-        if os.path.isfile(path):
-            print(f"[speed] {pair.name}: done, skipped", flush=True)
-            continue
         members = [{**model_spec(m), "weights": os.path.join(run_dir(m, seeds[0]),
                                                              "model_final.pth")}
                    for m in pair.models
                    if not _read_json(os.path.join(run_dir(m, seeds[0]), "result.json")).get("diverged")]
+        # Done when it timed exactly these members (a member added to the pair: timed again).
+        if (os.path.isfile(path)
+                and set(_read_json(path)["models"]) == {m["model"] for m in members}):
+            print(f"[speed] {pair.name}: done, skipped", flush=True)
+            continue
         _run_child("speed", {"pair": pair.name, "models": members, "seed": seeds[0],
                              "quick": args.quick, "result": path,
                              "output_dir": os.path.join(work, f"speed-{pair.name}")})

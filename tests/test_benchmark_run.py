@@ -272,6 +272,20 @@ def test_quick_resumes_without_retraining(quick):
     assert {p: p.stat().st_mtime for p in before} == before
 
 
+def test_speed_is_timed_again_when_the_pair_gained_a_member(quick):
+    """A speed file that lacks a member of its pair (a model added to the pair after the speed
+    phase ran) is not "done": the pair is timed again, every member in one process."""
+    tmp, _, _ = quick
+    (path,) = (tmp / "work").rglob("speed-fcos_vs_iou_aware.json")
+    speed = json.loads(path.read_text())
+    del speed["models"]["iou_aware_fcos"]
+    path.write_text(json.dumps(speed))
+    log = _run(tmp)
+    assert "[speed] fcos_vs_iou_aware: done, skipped" not in log
+    assert set(json.loads(path.read_text())["models"]) == {"fcos", "iou_aware_fcos"}
+    assert "Starting training" not in log
+
+
 def test_a_diverged_model_is_reported_not_hidden(quick):
     """A training that hit Detectron2's Inf/NaN check is a result: its row says where it diverged
     (no metrics, no speed) and the pair's sentence says it diverged."""

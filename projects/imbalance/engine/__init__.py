@@ -1,3 +1,4 @@
 from .launch import create_ddp_model, launch
+from .optimizer import build_optimizer
 
-__all__ = ["create_ddp_model", "launch"]
+__all__ = ["build_optimizer", "create_ddp_model", "launch"]
