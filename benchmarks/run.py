@@ -551,7 +551,9 @@ def run_suite(args) -> str:
                     ab_dir = os.path.join(work, f"ablation-{ab.name}")
                     if ab.model == model and os.path.isdir(ab_dir):
                         os.replace(ab_dir, os.path.join(aside, os.path.basename(ab_dir)))
-        eta = (f", rough ETA of the training phase {_fmt_duration(statistics.mean(walls) * (len(todo) - i + 1))}"
+        left = 1 + sum(not os.path.isfile(os.path.join(run_dir(m, s), "result.json"))
+                       for m, s in todo[i:])  # this one and the later ones not trained yet
+        eta = (f", rough ETA of the training phase {_fmt_duration(statistics.mean(walls) * left)}"
                if walls else "")
         print(f"[{i}/{len(todo)}] training {model} seed {seed} -> {out}{eta}", flush=True)
         t0 = time.time()
@@ -623,7 +625,9 @@ def aggregate(suite: Suite, work: str, seeds: List[int], args) -> dict:
     pairs = []
     for p in suite.pairs:
         speed = _read_json(os.path.join(work, f"speed-{p.name}.json"))
-        digests = {m: models[m]["runs"][str(seeds[0])].get("data_digest") for m in p.models}
+        # A diverged run stopped early and saw only the first batches: its digest is not compared.
+        firsts = {m: models[m]["runs"][str(seeds[0])] for m in p.models}
+        digests = {m: r.get("data_digest") for m, r in firsts.items() if not r.get("diverged")}
         known = {d for d in digests.values() if d}
         pairs.append({"name": p.name, "title": p.title, "baseline": p.models[0],
                       "models": list(p.models), "claim": p.claim, "metric": p.metric,

@@ -1,9 +1,11 @@
 """benchmarks/run.py: AP at one IoU from pycocotools' precision array, and a --quick run end to end
 (one pair and one eval-only ablation), resumed."""
+import argparse
 import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from run import (METRICS, RESULTS_BEGIN, RESULTS_END, _check_resumable, _verdict,  # noqa: E402
-                 ap_at_iou, box_ap_at_ious, config_changes, render_markdown)
+                 aggregate, ap_at_iou, box_ap_at_ious, config_changes, render_markdown)
 from suites import Model, Pair, Suite, get_suite, models_to_train  # noqa: E402
 
 
@@ -284,6 +286,25 @@ def test_speed_is_timed_again_when_the_pair_gained_a_member(quick):
     assert "[speed] fcos_vs_iou_aware: done, skipped" not in log
     assert set(json.loads(path.read_text())["models"]) == {"fcos", "iou_aware_fcos"}
     assert "Starting training" not in log
+
+
+def test_a_diverged_run_does_not_count_as_other_data(quick, tmp_path):
+    """The data-order check compares the digests of the runs that trained to the end: a run that
+    diverged saw only the first batches (another digest) and must not raise the warning."""
+    tmp, _, _ = quick
+    (src,) = {p.parent.parent for p in (tmp / "work").rglob("fcos-seed1/result.json")}
+    work = tmp_path / "work"
+    shutil.copytree(src, work)
+    args = argparse.Namespace(quick=True, argv=["--quick"])
+    suite = get_suite("embedded").select(["fcos_vs_iou_aware"])
+    result = work / "iou_aware_fcos-seed1" / "result.json"
+    run = json.loads(result.read_text())
+    run["data_digest"] = "a prefix of the batches"
+    result.write_text(json.dumps(run))
+    assert not aggregate(suite, str(work), [1], args)["pairs"][0]["same_data_order"]
+    run["diverged"] = {"iteration": 2, "error": "Loss became infinite or NaN at iteration=2!"}
+    result.write_text(json.dumps(run))
+    assert aggregate(suite, str(work), [1], args)["pairs"][0]["same_data_order"]
 
 
 def test_a_diverged_model_is_reported_not_hidden(quick):
