@@ -250,7 +250,10 @@ SUITES: Dict[str, Suite] = {
              "30.9 box AP at the configs' 1500): their pairs compare how fast each method learns "
              "on a short budget, and the order can differ from the full schedule's (R^3-CNN is "
              "behind Mask R-CNN here, 14 AP ahead at 1500). The single-seed full-schedule runs "
-             "are in the next section."),
+             "are in the next section. All two-stage models train at BASE_LR 0.02 for batch 4, "
+             "four times the Offset-Bin paper's 0.005 for that batch: what this does to the "
+             "offset-bin models (divergence, the combination's collapse) is in "
+             "benchmarks/README.md."),
 }
 
 
