@@ -3,9 +3,10 @@
 Detectron2's ``SOLVER.CLIP_GRADIENTS`` clips each parameter's gradient on its own (``"value"`` or
 ``"norm"``). ``CLIP_TYPE: "full_model"`` (the name Detectron2's DETR project gives it) clips the
 norm of all gradients together, ``torch.nn.utils.clip_grad_norm_(params, CLIP_VALUE, NORM_TYPE)``,
-as MMDetection's ``grad_clip=dict(max_norm=..., norm_type=...)`` does: a rare spike is scaled down,
-every other step is left as it is. The norm before clipping is logged as ``grad_norm`` and the
-number of clipped steps so far as ``grad_clipped_steps``.
+as MMDetection's ``grad_clip=dict(max_norm=..., norm_type=...)`` does: a step whose norm exceeds
+``CLIP_VALUE`` is scaled down to it, the others are left as they are. The norm before clipping is
+logged as ``grad_norm`` and the number of clipped steps as ``grad_clipped_steps`` (counted from the
+start of this process: a resumed run counts from the resume).
 """
 from typing import Iterable
 
