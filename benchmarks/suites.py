@@ -240,8 +240,9 @@ _EMBEDDED_ABLATIONS = (
 # OHEM 0.50, PISA 0.88, single-stage 0.21-0.24. At 600 iterations the two-stage models train in
 # 112 min for one seed, the single-stage ones at 1500 in 29 min; the seeds 2 and 3 of the seeded
 # models add 18 + 22 min; evaluation and model building ~2 min per training (56 min); speed and
-# ablations ~30 min; the combination's IoU-balanced variant, added last, ~12 min. Three seeds of the R^3-CNN pair would add 33 min more: it runs with one seed
-# and borrows Faster R-CNN's seed noise (noise_from).
+# ablations ~30 min; the combination's IoU-balanced variant, added last, ~12 min. Three seeds of
+# the R^3-CNN pair would add 33 min more: it runs with one seed and borrows Faster R-CNN's seed
+# noise (noise_from).
 SUITES: Dict[str, Suite] = {
     "embedded": Suite(
         "embedded", _EMBEDDED_MODELS, _EMBEDDED_PAIRS, _EMBEDDED_ABLATIONS, max_iter=600,
