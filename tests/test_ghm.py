@@ -11,7 +11,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import imbalance
-from imbalance.losses import GHMCLoss
+from imbalance.losses import GHMCLoss, GHMRLoss
 from imbalance.modeling.retinanet import ImbalanceRetinaNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,55 +24,96 @@ def logit(p):
 # p = sigmoid(logit), target t: g = |p - t|, CE = -log(p) if t else -log(1 - p)
 P1 = [0.91, 0.96, 0.09, 0.52, 0.21]
 T1 = [1, 1, 0, 0, 1]
-# g = .09 .04 .09 .52 .79 -> bins (M = 30) 2, 1, 2, 15, 23
+# g = .09 .04 .09 .52 .79 -> bins (M = 30) 2, 1, 2, 15, 23: 4 of the 30 bins hold elements
 CE1 = [-math.log(0.91), -math.log(0.96), -math.log(0.91), -math.log(0.48), -math.log(0.21)]
 
 
-def test_ghmc_single_batch_by_hand():
+def test_ghmc_single_batch_by_hand_normalised_by_non_empty_bins():
+    # The authors' code: w_i = tot / (R_bin * n) with n = 4 non-empty bins, L = sum w_i CE_i / tot
     loss = GHMCLoss(bins=30, momentum=0.0)
     x = torch.tensor([logit(p) for p in P1], dtype=torch.float64, requires_grad=True)
     got = loss(x, torch.tensor(T1, dtype=torch.float64))
-    # GD = R_bin * M; L = sum CE_i / GD_i; bin 2 holds two elements
-    expected = (CE1[0] + CE1[2]) / (2 * 30) + CE1[1] / 30 + CE1[3] / 30 + CE1[4] / 30
-    assert float(got) == pytest.approx(expected, rel=1e-9)
+    expected = (CE1[0] + CE1[2]) / (2 * 4) + CE1[1] / 4 + CE1[3] / 4 + CE1[4] / 4
+    assert float(got) == pytest.approx(expected, rel=1e-6)
     got.backward()
-    # d CE / d x = p - t, scaled by 1 / GD (the density is a constant)
-    gd = [60, 30, 60, 30, 30]
-    assert x.grad.tolist() == pytest.approx([(p - t) / d for p, t, d in zip(P1, T1, gd)], rel=1e-9)
+    # d CE / d x = p - t, scaled by 1 / (R_bin * n) (the density is a constant)
+    d = [8, 4, 8, 4, 4]
+    assert x.grad.tolist() == pytest.approx([(p - t) / k for p, t, k in zip(P1, T1, d)], rel=1e-6)
 
 
-def test_ghmc_uniform_gradients_give_mean_cross_entropy():
-    # one element per bin: every beta_i = N / GD = 1 when N = M
+def test_ghmc_one_element_per_bin_gives_mean_cross_entropy():
+    # every bin holds one element: R = 1, n = M = N, so w_i = 1 and L is the mean CE
     loss = GHMCLoss(bins=4, momentum=0.0)
     p = torch.tensor([0.9, 0.7, 0.4, 0.1], dtype=torch.float64)  # g = .1 .3 .6 .9 for target 1
     x = torch.log(p / (1 - p))
     got = loss(x, torch.ones(4, dtype=torch.float64))
-    assert float(got) == pytest.approx(float(-torch.log(p).mean()), rel=1e-9)
+    assert float(got) == pytest.approx(float(-torch.log(p).mean()), rel=1e-6)
 
 
-def test_ghmc_momentum():
+def test_ghmc_moving_average_starts_from_zero_and_skips_empty_bins():
     loss = GHMCLoss(bins=30, momentum=0.75)
-    loss(torch.tensor([logit(p) for p in P1]), torch.tensor(T1, dtype=torch.float32))
-    # second batch: g = .09 .52 .52 -> bins 2, 15, 15
+    first = loss(torch.tensor([logit(p) for p in P1]), torch.tensor(T1, dtype=torch.float32))
+    # first batch: S = 0.25 * R from S = 0, so the loss is 4x the plain counts' (n = 4)
+    s1 = {1: 0.25, 2: 0.5, 15: 0.25, 23: 0.25}
+    assert float(first) == pytest.approx(
+        (CE1[0] + CE1[2]) / (s1[2] * 4) + CE1[1] / (s1[1] * 4) + CE1[3] / (s1[15] * 4)
+        + CE1[4] / (s1[23] * 4), rel=1e-5)
+    # second batch: g = .09 .52 .52 -> bins 2, 15, 15 (n = 2); bins 1 and 23 keep their values
     p2, t2 = [0.91, 0.48, 0.52], [1, 1, 0]
     got = loss(torch.tensor([logit(p) for p in p2]), torch.tensor(t2, dtype=torch.float32))
-    s_first = {1: 1, 2: 2, 15: 1, 23: 1}  # the first batch starts the average at its counts
-    r_second = {2: 1, 15: 2}
-    s = {b: 0.75 * s_first.get(b, 0) + 0.25 * r_second.get(b, 0) for b in (2, 15)}
+    s2 = {2: 0.75 * s1[2] + 0.25 * 1, 15: 0.75 * s1[15] + 0.25 * 2}
     ce = [-math.log(0.91), -math.log(0.48), -math.log(0.48)]
-    expected = ce[0] / (s[2] * 30) + (ce[1] + ce[2]) / (s[15] * 30)
-    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert float(got) == pytest.approx(ce[0] / (s2[2] * 2) + (ce[1] + ce[2]) / (s2[15] * 2),
+                                       rel=1e-5)
+    expected_s = [0.0] * 30
+    expected_s[1], expected_s[23], expected_s[2], expected_s[15] = 0.25, 0.25, s2[2], s2[15]
+    assert loss.acc_counts.tolist() == pytest.approx(expected_s)
 
 
-def test_ghmc_empty():
+def test_ghm_empty():
     assert float(GHMCLoss()(torch.zeros(0, 3), torch.zeros(0, 3))) == 0.0
+    assert float(GHMRLoss()(torch.zeros(0, 4), torch.zeros(0, 4))) == 0.0
 
 
-def retinanet_cfg(**opts):
+def asl1(d, mu=0.02):
+    return math.sqrt(d * d + mu * mu) - mu
+
+
+# GHM-R: d = prediction - target; g = |d| / sqrt(d^2 + mu^2) with mu = 0.02:
+# d = 0 -> g 0 (bin 0); 0.01 -> 0.447 (bin 4); -0.05 -> 0.928, 0.3 -> 0.998, 2.0 -> 0.99995,
+# -0.5 -> 0.9992 (bin 9): 3 non-empty bins of 10
+D = [0.0, 0.01, -0.05, 0.3, 2.0, -0.5]
+
+
+def test_ghmr_against_asl1_by_hand():
+    loss = GHMRLoss(mu=0.02, bins=10, momentum=0.0, loss_weight=10.0)
+    target = torch.tensor([[0.5, -0.2, 0.1], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    pred = (target + torch.tensor(D, dtype=torch.float64).view(2, 3)).requires_grad_()
+    got = loss(pred, target)
+    expected = 10.0 * (asl1(D[0]) / (1 * 3) + asl1(D[1]) / (1 * 3)
+                       + sum(asl1(d) for d in D[2:]) / (4 * 3))
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    got.backward()
+    # d ASL1 / d d = d / sqrt(d^2 + mu^2), scaled by loss_weight / (R_bin * n)
+    k = [3, 3, 12, 12, 12, 12]
+    assert pred.grad.flatten().tolist() == pytest.approx(
+        [10.0 * d / math.sqrt(d * d + 0.02 ** 2) / r for d, r in zip(D, k)], rel=1e-6)
+
+
+def test_ghmr_momentum_from_zero():
+    loss = GHMRLoss(mu=0.02, bins=10, momentum=0.7, loss_weight=1.0)
+    target = torch.zeros(6, dtype=torch.float64)
+    got = loss(torch.tensor(D, dtype=torch.float64), target)
+    # first batch: S = 0.3 * R
+    expected = (asl1(D[0]) / (0.3 * 3) + asl1(D[1]) / (0.3 * 3)
+                + sum(asl1(d) for d in D[2:]) / (1.2 * 3))
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def retinanet_cfg(config="retinanet_ghmc_smallR_FPN_shapes.yaml", **opts):
     cfg = get_cfg()
     imbalance.add_imbalance_config(cfg)
-    cfg.merge_from_file(
-        os.path.join(ROOT, "configs", "samplers", "retinanet_ghmc_smallR_FPN_shapes.yaml"))
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "samplers", config))
     for k, v in opts.items():
         cfg.merge_from_list([k, v])
     cfg.MODEL.DEVICE = "cpu"
@@ -113,15 +154,97 @@ def test_imbalance_retinanet_focal_equals_detectron2():
     assert latest["imbalance/anchors/num_bg"][0] > 0
 
 
-def test_imbalance_retinanet_ghmc_step():
+@pytest.mark.parametrize("config", ["retinanet_ghmc_smallR_FPN_shapes.yaml",
+                                    "retinanet_ghm_smallR_FPN_shapes.yaml"])
+def test_imbalance_retinanet_ghm_step(config):
     torch.manual_seed(0)
-    model = build_model(retinanet_cfg())
+    model = build_model(retinanet_cfg(config))
     assert model.cls_loss == "ghmc" and model.ghmc.bins == 30 and model.ghmc.momentum == 0.75
+    if "ghmc" not in config:
+        assert model.bbox_loss == "ghmr"
+        r = model.ghmr
+        assert (r.mu, r.bins, r.momentum, r.loss_weight) == (0.02, 10, 0.7, 10.0)
     model.train()
     with EventStorage() as storage:
         losses = model(inputs())
         sum(losses.values()).backward()
         assert "imbalance/anchors/fg_bg_ratio" in storage.latest()
     assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
-    # GHM-C's moving average is not part of the checkpoint: it loads into Detectron2's RetinaNet
-    assert not any("ghmc" in k for k in model.state_dict())
+    assert torch.isfinite(losses["loss_box_reg"]) and losses["loss_box_reg"] > 0
+    # GHM's moving averages are not part of the checkpoint: it loads into Detectron2's RetinaNet
+    assert not any("ghm" in k for k in model.state_dict())
+
+
+def reference_ghm(levels, bins, momentum, edges_last):
+    """The authors' loop (GHM_Detection loss/ghm_loss.py), one call per level with one moving
+    average for all levels: levels is a list of (loss_elements, g) pairs."""
+    edges = [i / bins for i in range(bins + 1)]
+    edges[-1] = edges_last
+    acc = [0.0] * bins
+    total = 0.0
+    for elements, g in levels:
+        weights, n = [0.0] * len(g), 0
+        for b in range(bins):
+            members = [i for i, gi in enumerate(g) if edges[b] <= gi < edges[b + 1]]
+            if members:
+                n += 1
+                acc[b] = momentum * acc[b] + (1 - momentum) * len(members) if momentum > 0 \
+                    else len(members)
+                for i in members:
+                    weights[i] = 1.0 / acc[b]
+        total += sum(w * e for w, e in zip(weights, elements)) / max(n, 1)
+    return total
+
+
+@pytest.mark.parametrize("per_level", [False, True])
+def test_imbalance_retinanet_ghm_losses_per_level_option(per_level):
+    cfg = retinanet_cfg(**{"MODEL.RETINANET.BBOX_LOSS": "ghmr",
+                           "MODEL.RETINANET.GHMC.PER_LEVEL": per_level,
+                           "MODEL.RETINANET.GHMR.PER_LEVEL": per_level})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    K = model.num_classes
+    g = torch.Generator().manual_seed(3)
+    sizes = [6, 3]  # anchors of two FPN levels
+    anchors = []
+    for n in sizes:
+        xy = torch.rand(n, 2, generator=g) * 40
+        anchors.append(Boxes(torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 20], 1)))
+    labels = [torch.tensor([0, K, -1, 3, K, K, 1, K, K]), torch.tensor([K, 2, K, K, -1, K, K, 5, K])]
+    gt_boxes = [torch.cat(list(a.tensor for a in anchors)) + torch.randn(9, 4, generator=g)
+                for _ in range(2)]
+    logits = [torch.randn(2, n, K, generator=g, dtype=torch.float64) for n in sizes]
+    deltas = [torch.randn(2, n, 4, generator=g, dtype=torch.float64) * 0.3 for n in sizes]
+    with EventStorage():
+        got = model.losses(anchors, logits, labels, deltas, gt_boxes)
+
+    # reference: the authors' per-element loops over the valid anchors' K sigmoid outputs, and
+    # over the positive anchors' 4 deltas, level by level or all at once
+    all_anchors = torch.cat([a.tensor for a in anchors])
+    cls_levels, reg_levels = [], []
+    bounds = [(0, 6), (6, 9)] if per_level else [(0, 9)]
+    for lo, hi in bounds:
+        ce, gc, asl, gr = [], [], [], []
+        for i in range(2):
+            x = torch.cat(logits, dim=1)[i]
+            d = torch.cat(deltas, dim=1)[i]
+            t = model.box2box_transform.get_deltas(all_anchors, gt_boxes[i])
+            for a in range(lo, hi):
+                label = int(labels[i][a])
+                if label < 0:
+                    continue
+                for k in range(K):
+                    p, y = float(torch.sigmoid(x[a, k])), float(label == k)
+                    ce.append(-math.log(p) if y else -math.log(1 - p))
+                    gc.append(abs(p - y))
+                if label != K:
+                    for c in range(4):
+                        diff = float(d[a, c] - t[a, c])
+                        asl.append(asl1(diff))
+                        gr.append(abs(diff) / math.sqrt(diff * diff + 0.02 ** 2))
+        cls_levels.append((ce, gc))
+        reg_levels.append((asl, gr))
+    assert float(got["loss_cls"]) == pytest.approx(
+        reference_ghm(cls_levels, 30, 0.75, 1 + 1e-6), rel=1e-5)
+    assert float(got["loss_box_reg"]) == pytest.approx(
+        10.0 * reference_ghm(reg_levels, 10, 0.7, 1e3), rel=1e-5)

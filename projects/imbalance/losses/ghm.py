@@ -1,71 +1,91 @@
-"""GHM-C, the classification loss of the gradient harmonizing mechanism (Li, Liu and Wang, "Gradient
-Harmonized Single-stage Detector", AAAI 2019), for dense heads as an alternative to focal loss.
+"""The gradient harmonizing mechanism (Li, Liu and Wang, "Gradient Harmonized Single-stage
+Detector", AAAI 2019): GHM-C for the classification of dense heads, GHM-R for their box
+regression.
 
-For a sigmoid output ``p`` with binary target ``p*``, the gradient norm of the cross entropy with
-respect to the logit is ``g = |p - p*|``. GHM-C weighs each element's cross entropy by the inverse
-of the *gradient density* around its ``g`` (Oksuz et al., review Eq. 4: ``w_i = 1 / (G(BB_i) / m)``):
+Both weigh each element's loss by the inverse of the *gradient density* around its gradient norm
+``g`` (Oksuz et al., review Eq. 4: ``w_i = 1 / (G(BB_i) / m)``). The paper writes, with ``N``
+elements and the unit-region approximation ([0, 1] cut into ``M`` equal bins, ``R_j`` elements in
+bin ``j``):
 
-    GD(g)   = (1 / l_eps(g)) * sum_k delta_eps(g_k, g)        (density of examples near g)
+    GD(g)   = R_ind(g) * M                         (paper, Sec. 3.3)
     beta_i  = N / GD(g_i)
-    L_GHM-C = (1 / N) * sum_i beta_i * CE(p_i, p*_i) = sum_i CE(p_i, p*_i) / GD(g_i)
+    L_GHM   = (1 / N) * sum_i beta_i * L_i = sum_i L_i / (R_ind(g_i) * M)
 
-with the paper's unit-region approximation: [0, 1] is cut into ``M = 1 / eps`` equal bins, and
-``GD(g) = R_ind(g) * M`` where ``R_j`` counts the elements in bin ``j``. With momentum ``alpha``
-the counts are an exponential moving average over iterations, ``S_j <- alpha * S_j + (1 - alpha) *
-R_j`` and ``GD(g) = S_ind(g) * M``. The paper uses ``M = 30`` and ``alpha = 0.75``.
+and, with momentum ``alpha``, ``R_j`` replaced by an exponential moving average ``S_j``.
 
-The loss needs no normaliser: if the gradient norms were spread evenly over the bins every weight
-``beta_i`` would be 1 and the loss the mean cross entropy.
+**Where the authors' code differs from the formula, and we follow the code** (libuyu/GHM_Detection
+``loss/ghm_loss.py``; mmdetection ``mmdet/models/losses/ghm_loss.py``):
+
+- the density is multiplied by ``n``, the number of bins that hold at least one element *of the
+  current batch*, not by ``M``: ``L = sum_i L_i / (S_ind(g_i) * n)``. With all 30 bins divided
+  by M, the loss of a batch whose gradients fill 2 bins is 15x smaller than the code's;
+- the moving average starts from zero, ``S_j <- alpha * S_j + (1 - alpha) * R_j``, and a bin is
+  updated only in a batch where it is non-empty (an empty bin keeps its value; it does not
+  decay). In the first batch ``S_j = (1 - alpha) R_j``, so the first losses are ``1 / (1 - alpha)``
+  times those of the plain counts;
+- the bins are the edges ``j / M`` (the last one widened to take ``g = 1``; GHM-R's to ``1e3``).
+
+The moving averages are non-persistent buffers: a checkpoint of a model trained with GHM still
+loads into Detectron2's ``RetinaNet``; resumed training restarts them from zero, as a fresh run
+of the authors' code does.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class GHMCLoss(nn.Module):
-    """GHM-C over sigmoid outputs (every element of ``logits`` is one binary classifier).
+class _GradientDensity(nn.Module):
+    """The bins, the moving average ``S`` and the harmonizing weight ``1 / (S_ind(g) * n)`` shared
+    by GHM-C and GHM-R."""
 
-    The moving-average bin counts ``S_j`` are a non-persistent buffer: a checkpoint of a model
-    trained with GHM-C still loads into Detectron2's ``RetinaNet``, and resumed training restarts
-    the average from the first batch.
-    """
+    def __init__(self, bins: int, momentum: float, name: str):
+        super().__init__()
+        if bins < 1:
+            raise ValueError(f"{name} needs at least one bin, got {bins}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{name} momentum must be in [0, 1), got {momentum}")
+        self.bins = int(bins)
+        self.momentum = float(momentum)
+        # Inner edges j / M, j = 1 .. M-1, as float32 like the authors' ``arange(M + 1) / M``: an
+        # element with edge_j <= g < edge_{j+1} is in bin j; the outer edges are open.
+        self.register_buffer("inner_edges", torch.arange(1, self.bins).float() / self.bins,
+                             persistent=False)
+        # S_j: moving average of the number of elements per bin, from zero.
+        self.register_buffer("acc_counts", torch.zeros(self.bins), persistent=False)
+
+    def bin_index(self, g: torch.Tensor) -> torch.Tensor:
+        """``ind(g)``: the bin [j/M, (j+1)/M) of each gradient norm (g >= 1 in the last)."""
+        return torch.bucketize(g.float(), self.inner_edges, right=True)
+
+    @torch.no_grad()
+    def harmonizing_weights(self, g: torch.Tensor) -> torch.Tensor:
+        """``1 / (S_ind(g_i) * n)`` for every element (the authors' ``beta_i / N``), after updating
+        ``S`` with this batch's counts (``S = R`` without momentum)."""
+        idx = self.bin_index(g)
+        counts = torch.bincount(idx, minlength=self.bins).to(self.acc_counts.dtype)
+        non_empty = counts > 0
+        if self.momentum > 0:
+            updated = self.momentum * self.acc_counts + (1.0 - self.momentum) * counts
+            self.acc_counts.copy_(torch.where(non_empty, updated, self.acc_counts))
+            density = self.acc_counts
+        else:
+            density = counts
+        n = non_empty.sum().clamp(min=1)
+        return 1.0 / (density[idx] * n)
+
+
+class GHMCLoss(_GradientDensity):
+    """GHM-C over sigmoid outputs (every element of ``logits`` is one binary classifier):
+    ``sum_i CE_i / (S_ind(g_i) * n)`` with ``g = |sigmoid(x) - p*|``; see the module docstring."""
 
     def __init__(self, bins: int = 30, momentum: float = 0.75):
         """
         Args:
             bins: ``M``, the number of unit regions of the gradient norm over [0, 1] (paper: 30).
             momentum: ``alpha`` of the moving average of the bin counts; 0 uses the counts of the
-                current batch only (paper: 0.75).
+                current batch only (paper and authors' RetinaNet config: 0.75).
         """
-        super().__init__()
-        if bins < 1:
-            raise ValueError(f"GHM-C needs at least one bin, got {bins}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"GHM-C momentum must be in [0, 1), got {momentum}")
-        self.bins = int(bins)
-        self.momentum = float(momentum)
-        # S_j: moving average of the number of elements per bin; empty until the first batch.
-        self.register_buffer("acc_counts", torch.zeros(self.bins), persistent=False)
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool), persistent=False)
-
-    def bin_index(self, g: torch.Tensor) -> torch.Tensor:
-        """``ind(g)``: the unit region [j/M, (j+1)/M) of each gradient norm (g = 1 in the last)."""
-        return (g * self.bins).floor().long().clamp_(0, self.bins - 1)
-
-    @torch.no_grad()
-    def gradient_density(self, g: torch.Tensor) -> torch.Tensor:
-        """``GD(g_i) = S_ind(g_i) * M`` of every element; updates the moving average ``S`` when
-        training (or on the first call)."""
-        idx = self.bin_index(g)
-        counts = torch.bincount(idx, minlength=self.bins).to(self.acc_counts.dtype)
-        if self.training or not bool(self.initialized):
-            if bool(self.initialized) and self.momentum > 0:
-                self.acc_counts.mul_(self.momentum).add_((1.0 - self.momentum) * counts)
-            else:
-                # The first batch starts the average at its own counts (no bias towards zero).
-                self.acc_counts.copy_(counts)
-                self.initialized.fill_(True)
-        return self.acc_counts[idx] * self.bins
+        super().__init__(bins, momentum, "GHM-C")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """
@@ -73,14 +93,51 @@ class GHMCLoss(nn.Module):
             logits: any shape, the classification logits of the valid (non-ignored) anchors.
             targets: same shape, binary targets in {0, 1}.
         Returns:
-            the scalar GHM-C loss ``sum_i CE_i / GD(g_i)`` (0 if there are no elements).
+            the scalar GHM-C loss (0 if there are no elements).
         """
         if logits.numel() == 0:
             return logits.sum() * 0.0
-        targets = targets.to(logits.dtype)
-        g = (logits.detach().sigmoid() - targets).abs().flatten()
-        density = self.gradient_density(g)
-        ce = F.binary_cross_entropy_with_logits(logits.flatten(), targets.flatten(),
-                                                reduction="none")
-        # sum_i beta_i * CE_i / N with beta_i = N / GD(g_i)
-        return (ce / density).sum()
+        logits, targets = logits.flatten(), targets.flatten().to(logits.dtype)
+        weights = self.harmonizing_weights((logits.detach().sigmoid() - targets).abs())
+        ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return (ce * weights.to(ce.dtype)).sum()
+
+
+class GHMRLoss(_GradientDensity):
+    """GHM-R: the authentic smooth L1 loss (ASL1) of each regression element, harmonized.
+
+    With ``d = prediction - target``: ``ASL1(d) = sqrt(d^2 + mu^2) - mu`` (paper Eq. 12), whose
+    gradient norm ``g = |d| / sqrt(d^2 + mu^2)`` lies in [0, 1) and is binned as GHM-C's. The loss
+    is ``loss_weight * sum_i ASL1(d_i) / (S_ind(g_i) * n)`` (module docstring). The authors'
+    RetinaNet config: mu 0.02, 10 bins, momentum 0.7, loss weight 10.
+    """
+
+    def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7,
+                 loss_weight: float = 10.0):
+        """
+        Args:
+            mu: ``mu`` of ASL1, the width of its quadratic part (paper: 0.02).
+            bins, momentum: ``M`` and ``alpha`` (authors' config: 10, 0.7).
+            loss_weight: factor of the loss (authors' config: 10).
+        """
+        super().__init__(bins, momentum, "GHM-R")
+        if mu <= 0:
+            raise ValueError(f"GHM-R mu must be positive, got {mu}")
+        self.mu = float(mu)
+        self.loss_weight = float(loss_weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            pred, target: same shape, the predicted and target regression values (deltas) of the
+                positive anchors, every coordinate an element.
+        Returns:
+            the scalar GHM-R loss (0 if there are no elements).
+        """
+        if pred.numel() == 0:
+            return pred.sum() * 0.0
+        diff = (pred - target).flatten()
+        root = torch.sqrt(diff * diff + self.mu * self.mu)
+        weights = self.harmonizing_weights((diff / root).detach().abs())
+        asl1 = root - self.mu
+        return self.loss_weight * (asl1 * weights.to(asl1.dtype)).sum()

@@ -1,6 +1,6 @@
-"""RetinaNet with a choice of classification loss for the foreground-background imbalance of dense
-heads: focal loss (Lin et al., Detectron2's) or GHM-C (Li et al.), plus anchor diagnostics."""
-from typing import Dict, List
+"""RetinaNet with a choice of losses for the imbalances of dense heads: focal loss (Lin et al.,
+Detectron2's) or GHM-C, RetinaNet's box loss or GHM-R (Li et al.), plus anchor diagnostics."""
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,45 +11,72 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
 
 from ..diagnostics import log_anchor_stats
-from ..losses.ghm import GHMCLoss
+from ..losses.ghm import GHMCLoss, GHMRLoss
 
 CLS_LOSSES = ("focal", "ghmc")
+BBOX_LOSSES = ("retinanet", "ghmr")
+
+
+def split_by_level(x: torch.Tensor, sizes: List[int], per_level: bool) -> List[torch.Tensor]:
+    """``x`` (N, R, ...) as one (N, R, ...) piece, or as one piece per FPN level (``sizes`` are
+    the levels' anchor counts, summing to R) when ``per_level``."""
+    return list(x.split(sizes, dim=1)) if per_level else [x]
 
 
 class DenseImbalanceMixin:
     """Mix in before ``RetinaNet`` (or a subclass that calls ``self.losses``, e.g.
-    ``IoUAwareRetinaNet``) to choose the classification loss by ``MODEL.RETINANET.CLS_LOSS``.
+    ``IoUAwareRetinaNet``) to choose the classification loss by ``MODEL.RETINANET.CLS_LOSS`` and
+    the box loss by ``MODEL.RETINANET.BBOX_LOSS``.
 
-    Redefines ``losses`` only. "focal" returns RetinaNet's losses unchanged; "ghmc" replaces
-    ``loss_cls`` by GHM-C over the same valid anchors and one-hot targets (GHM-C normalises itself,
-    so RetinaNet's EMA of the positive count is not applied to it); the box loss and its normaliser
-    stay RetinaNet's. Either way, logs the positive:negative anchor ratio and the positives' IoU
-    histogram under ``imbalance/anchors/`` (:func:`imbalance.diagnostics.log_anchor_stats`).
+    Redefines ``losses`` only. "focal" and "retinanet" return RetinaNet's losses unchanged.
+    "ghmc" replaces ``loss_cls`` by GHM-C over the same valid anchors and one-hot targets; "ghmr"
+    replaces ``loss_box_reg`` by GHM-R over the 4 deltas of the positive anchors (targets from
+    RetinaNet's ``box2box_transform``). GHM normalises itself (:mod:`imbalance.losses.ghm`), so
+    RetinaNet's EMA of the positive count is not applied to it. With ``GHMC.PER_LEVEL`` (or
+    ``GHMR.PER_LEVEL``) the density is counted per FPN level and the levels' losses summed, as
+    the authors' code does (its RetinaNet head computes the loss level by level, one GHM object
+    and moving average for all levels: GHM_Detection ``retina_head.py`` ``loss_single``); by
+    default it is counted over all anchors of the batch at once, as the paper describes. Either
+    way, logs the positive:negative anchor ratio and the positives' IoU histogram under
+    ``imbalance/anchors/`` (:func:`imbalance.diagnostics.log_anchor_stats`).
     """
 
     @configurable
-    def __init__(self, *, cls_loss: str = "focal", ghmc_bins: int = 30,
-                 ghmc_momentum: float = 0.75, **kwargs):
+    def __init__(self, *, cls_loss: str = "focal", ghmc: Optional[GHMCLoss] = None,
+                 ghmc_per_level: bool = False, bbox_loss: str = "retinanet",
+                 ghmr: Optional[GHMRLoss] = None, ghmr_per_level: bool = False, **kwargs):
         """
         Args:
-            cls_loss: "focal" or "ghmc".
-            ghmc_bins, ghmc_momentum: M and alpha of GHM-C (used when ``cls_loss == "ghmc"``).
+            cls_loss: "focal" or "ghmc" (then ``ghmc`` is the loss, default ``GHMCLoss()``).
+            ghmc_per_level: count GHM-C's density per FPN level.
+            bbox_loss: "retinanet" (RetinaNet's ``box_reg_loss_type``) or "ghmr" (then ``ghmr``
+                is the loss, default ``GHMRLoss()``).
+            ghmr_per_level: count GHM-R's density per FPN level.
             kwargs: the arguments of the RetinaNet class mixed with.
         """
         super().__init__(**kwargs)
         if cls_loss not in CLS_LOSSES:
             raise ValueError(
                 f"MODEL.RETINANET.CLS_LOSS must be one of {CLS_LOSSES}, got {cls_loss!r}")
-        self.cls_loss = cls_loss
-        self.ghmc = GHMCLoss(ghmc_bins, ghmc_momentum) if cls_loss == "ghmc" else None
+        if bbox_loss not in BBOX_LOSSES:
+            raise ValueError(
+                f"MODEL.RETINANET.BBOX_LOSS must be one of {BBOX_LOSSES}, got {bbox_loss!r}")
+        self.cls_loss, self.bbox_loss = cls_loss, bbox_loss
+        self.ghmc = (ghmc or GHMCLoss()) if cls_loss == "ghmc" else None
+        self.ghmr = (ghmr or GHMRLoss()) if bbox_loss == "ghmr" else None
+        self.ghmc_per_level, self.ghmr_per_level = bool(ghmc_per_level), bool(ghmr_per_level)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
         ret = super().from_config(cfg)
+        c, r = cfg.MODEL.RETINANET.GHMC, cfg.MODEL.RETINANET.GHMR
         ret.update(
             cls_loss=cfg.MODEL.RETINANET.CLS_LOSS,
-            ghmc_bins=cfg.MODEL.RETINANET.GHMC.BINS,
-            ghmc_momentum=cfg.MODEL.RETINANET.GHMC.MOMENTUM,
+            ghmc=GHMCLoss(c.BINS, c.MOMENTUM),
+            ghmc_per_level=c.PER_LEVEL,
+            bbox_loss=cfg.MODEL.RETINANET.BBOX_LOSS,
+            ghmr=GHMRLoss(r.MU, r.BINS, r.MOMENTUM, r.LOSS_WEIGHT),
+            ghmr_per_level=r.PER_LEVEL,
         )
         return ret
 
@@ -59,18 +86,37 @@ class DenseImbalanceMixin:
         """Same arguments and keys as ``RetinaNet.losses``; see the class docstring."""
         log_anchor_stats(anchors, gt_labels, gt_boxes, self.num_classes)
         losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        labels = torch.stack(gt_labels)  # (N, R)
+        sizes = [x.shape[1] for x in pred_logits]
         if self.cls_loss == "ghmc":
-            labels = torch.stack(gt_labels)
-            valid = labels >= 0
-            # no target for the last (background) column, as in RetinaNet.losses
-            targets = F.one_hot(labels[valid], num_classes=self.num_classes + 1)[:, :-1]
-            logits = cat(pred_logits, dim=1)[valid]
-            losses["loss_cls"] = self.ghmc(logits, targets.to(logits.dtype))
+            logits = cat(pred_logits, dim=1)
+            total = logits.sum() * 0.0
+            for lv_logits, lv_labels in zip(split_by_level(logits, sizes, self.ghmc_per_level),
+                                            split_by_level(labels, sizes, self.ghmc_per_level)):
+                valid = lv_labels >= 0
+                # no target for the last (background) column, as in RetinaNet.losses
+                targets = F.one_hot(lv_labels[valid], num_classes=self.num_classes + 1)[:, :-1]
+                total = total + self.ghmc(lv_logits[valid], targets.to(logits.dtype))
+            losses["loss_cls"] = total
+        if self.bbox_loss == "ghmr":
+            deltas = cat(pred_anchor_deltas, dim=1)
+            all_anchors = type(anchors[0]).cat(anchors).tensor
+            target_deltas = torch.stack(
+                [self.box2box_transform.get_deltas(all_anchors, g) for g in gt_boxes])
+            pos = (labels >= 0) & (labels != self.num_classes)
+            total = deltas.sum() * 0.0
+            for lv_pred, lv_target, lv_pos in zip(
+                    split_by_level(deltas, sizes, self.ghmr_per_level),
+                    split_by_level(target_deltas, sizes, self.ghmr_per_level),
+                    split_by_level(pos, sizes, self.ghmr_per_level)):
+                total = total + self.ghmr(lv_pred[lv_pos], lv_target[lv_pos])
+            losses["loss_box_reg"] = total
         return losses
 
 
 @META_ARCH_REGISTRY.register()
 class ImbalanceRetinaNet(DenseImbalanceMixin, RetinaNet):
     """Detectron2's ``RetinaNet`` whose classification loss is focal loss (default, identical to
-    Detectron2) or GHM-C, chosen by ``MODEL.RETINANET.CLS_LOSS``; see
+    Detectron2) or GHM-C, chosen by ``MODEL.RETINANET.CLS_LOSS``, and whose box loss is
+    RetinaNet's (default) or GHM-R, chosen by ``MODEL.RETINANET.BBOX_LOSS``; see
     :class:`DenseImbalanceMixin`."""
