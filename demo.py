@@ -76,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
 
-    from imbalance.data import ensure_generated
+    from d2infra.data import ensure_generated
 
     cfg = setup_cfg(args)
     dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None

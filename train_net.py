@@ -28,10 +28,11 @@ from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from d2infra import add_d2infra_config
+from d2infra.data import check_dataset_names, ensure_generated, register_coco_format_datasets
+from d2infra.engine import build_optimizer, create_ddp_model, launch
 from imbalance import add_imbalance_config
 from imbalance.diagnostics import insert_imbalance_stats_hook
-from imbalance.data import check_dataset_names, ensure_generated, register_coco_format_datasets
-from imbalance.engine import build_optimizer, create_ddp_model, launch
 from iou_aware import add_iou_aware_config, build_localization_evaluator
 from offset_bin import add_offset_bin_config
 from r3cnn import add_r3cnn_config
@@ -70,7 +71,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """Detectron2's optimizer; ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"`` clips the norm
-        of all gradients together (:func:`imbalance.engine.build_optimizer`)."""
+        of all gradients together (:func:`d2infra.engine.build_optimizer`)."""
         return build_optimizer(cfg, model)
 
     @classmethod
@@ -94,6 +95,7 @@ def build_cfg(config_file: str, opts: List[str]) -> CfgNode:
     """The frozen config of ``config_file`` with ``opts`` on top of every project's defaults; no
     side effect (no output dir, logging or dataset registration)."""
     cfg = get_cfg()
+    add_d2infra_config(cfg)
     add_imbalance_config(cfg)
     add_r3cnn_config(cfg)
     add_iou_aware_config(cfg)

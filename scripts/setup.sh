@@ -11,10 +11,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=${VENV:-$ROOT/.venv}
 PY=$VENV/bin/python
-OPS=projects/imbalance/ops/detectron2_c.py
+OPS=projects/d2infra/ops/detectron2_c.py
 STAMP=$VENV/.imbalance-setup
 want=$(cat constraints.txt pyproject.toml tools/detectron2/SOURCE tools/detectron2/build_wheel.py "$OPS" | sha256sum | cut -d' ' -f1)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c "import detectron2, imbalance" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c "import detectron2, d2infra, imbalance" 2>/dev/null; then
   exit 0
 fi
 start=$(date +%s)
@@ -50,7 +50,7 @@ fi
 
 echo "[setup] this project (editable) and its test tools"
 pip install -c constraints.txt --no-build-isolation -e ".[test]"
-"$PY" -W ignore -c "import detectron2, detectron2._C, detectron2.modeling, imbalance, r3cnn, iou_aware, offset_bin" \
+"$PY" -W ignore -c "import detectron2, detectron2._C, detectron2.modeling, d2infra, imbalance, r3cnn, iou_aware, offset_bin" \
   || { echo "[setup] failed: the packages do not import (see the pip output above)" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - start )) s; $(du -sh "$VENV" | cut -f1) in $VENV"

@@ -4,12 +4,12 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from imbalance import add_imbalance_config
+from d2infra import add_d2infra_config
 
 
 def _cfg(name, out_features):
     cfg = get_cfg()
-    add_imbalance_config(cfg)
+    add_d2infra_config(cfg)
     cfg.MODEL.BACKBONE.NAME = name
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.RESNETS.OUT_FEATURES = out_features

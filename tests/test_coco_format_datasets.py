@@ -1,4 +1,4 @@
-"""Tests of COCO-format datasets registered from the config (imbalance.data.catalog)."""
+"""Tests of COCO-format datasets registered from the config (d2infra.data.catalog)."""
 import json
 import os
 import uuid
@@ -12,12 +12,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from imbalance.config import add_imbalance_config
-from imbalance.data import (
+from d2infra.data import (
     UnknownDatasetError,
     check_dataset_names,
     register_coco_format_datasets,
 )
-from imbalance.data import catalog
+from d2infra.data import catalog
 
 TINY_COCO = {
     "images": [

@@ -1,4 +1,4 @@
-"""Tests of ``imbalance/ops/detectron2_c.py``, the PyTorch replacement of ``detectron2._C``.
+"""Tests of ``d2infra/ops/detectron2_c.py``, the PyTorch replacement of ``detectron2._C``.
 
 The installed ``detectron2._C`` must be byte-identical to the repository file (read by path, not
 imported through the ``imbalance`` package, so these tests do not depend on the rest of it). The
@@ -31,7 +31,7 @@ from detectron2.layers.rotated_boxes import pairwise_iou_rotated
 from detectron2.structures import Boxes, RotatedBoxes, pairwise_iou
 from detectron2.structures.rotated_boxes import pairwise_iou as pairwise_iou_rot
 
-REPO_OPS = Path(__file__).resolve().parents[1] / "projects/imbalance/ops/detectron2_c.py"
+REPO_OPS = Path(__file__).resolve().parents[1] / "projects/d2infra/ops/detectron2_c.py"
 
 
 class _CudaPath(torch.Tensor):

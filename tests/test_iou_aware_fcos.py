@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-import imbalance.modeling  # noqa: F401  registers the small backbone
+import d2infra.modeling  # noqa: F401  registers the small backbone
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances

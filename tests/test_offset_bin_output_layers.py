@@ -12,7 +12,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from imbalance import add_imbalance_config
-from imbalance.modeling import build_box_predictor
+from d2infra.modeling import build_box_predictor
 from offset_bin import OffsetBinOutputLayers, add_offset_bin_config
 
 NUM_CLASSES = 3

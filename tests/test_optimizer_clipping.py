@@ -4,7 +4,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
-from imbalance.engine import build_optimizer
+from d2infra.engine import build_optimizer
 
 
 def _cfg(enabled=True, clip_type="full_model", value=1.0):

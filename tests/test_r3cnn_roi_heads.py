@@ -11,7 +11,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_r
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from imbalance import add_imbalance_config
-from imbalance.modeling.box_predictor import ROI_BOX_PREDICTOR_REGISTRY
+from d2infra.modeling.box_predictor import ROI_BOX_PREDICTOR_REGISTRY
 
 import r3cnn
 from r3cnn import R3CNNROIHeads, add_r3cnn_config

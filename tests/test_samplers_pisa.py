@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import imbalance
-from imbalance.modeling import build_box_predictor
+from d2infra.modeling import build_box_predictor
 from imbalance.modeling.weighted_fast_rcnn import WeightedFastRCNNOutputLayers
 from imbalance.samplers import Candidates, build_roi_sampler
 from imbalance.samplers.pisa import hierarchical_local_rank

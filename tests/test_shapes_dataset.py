@@ -1,4 +1,4 @@
-"""Tests of the embedded shapes dataset (imbalance.data.shapes and its registration).
+"""Tests of the embedded shapes dataset (d2infra.data.shapes and its registration).
 
 References are independent of the generator's own bookkeeping: pycocotools decodes the polygons,
 numpy measures the decoded masks, and hand-built masks have hand-computed areas.
@@ -17,9 +17,9 @@ from pycocotools.coco import COCO
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-import imbalance.data  # noqa: F401  registration
-from imbalance.data import SHAPES_DATASETS, THING_CLASSES, ensure_generated
-from imbalance.data import shapes
+import d2infra.data  # noqa: F401  registration
+from d2infra.data import SHAPES_DATASETS, THING_CLASSES, ensure_generated
+from d2infra.data import shapes
 
 SAMPLE_SPLIT = "val"
 SAMPLE_SIZE = 200  # images of the validity sample

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from imbalance.data.shapes import split_paths
+from d2infra.data.shapes import split_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/baselines/mask_rcnn_smallR_FPN_shapes.yaml"

@@ -1,9 +1,10 @@
-"""Shared parts of the project's Detectron2 projects.
+"""The imbalance toolkit of the two reviews (Oksuz et al.; Chen et al.), shared by the projects.
 
-Importing this package registers: the RoI sampler registry and its samplers, the box-predictor
-registry, the sampling ROI heads, the small CPU backbone, and the embedded ``shapes_*`` datasets.
+Importing this package registers: the RoI sampler registry and its samplers (random 1:3, OHEM,
+IoU-balanced, PISA), the sampling ROI heads, RetinaNet with GHM-C, the Fast R-CNN predictor with
+per-RoI loss weights, and the diagnostics that measure imbalance during training. The Detectron2
+infrastructure the projects share (datasets, ops, launch, backbone) is in :mod:`d2infra`.
 """
-from . import data  # noqa: F401  registration
 from . import modeling  # noqa: F401  registration
 from . import samplers  # noqa: F401  registration
 from .config import add_imbalance_config

@@ -1,28 +1,14 @@
 from detectron2.config import CfgNode as CN
 
+from d2infra import add_d2infra_config
+
 from .samplers.config import add_sampler_config
 
 
 def add_imbalance_config(cfg: CN) -> None:
-    """Config keys shared by every project: datasets from files, the small CPU backbone, samplers."""
-    # Datasets in COCO format (a json plus an image folder), registered by name at setup, so that
-    # one's own data trains and evaluates from the command line. Three lists of equal length.
-    cfg.DATASETS.COCO_FORMAT = CN()
-    cfg.DATASETS.COCO_FORMAT.NAMES = []
-    cfg.DATASETS.COCO_FORMAT.JSON_FILES = []
-    cfg.DATASETS.COCO_FORMAT.IMAGE_ROOTS = []
-
-    # The small ResNet of the embedded CPU configs (imbalance.modeling.backbone); from scratch.
-    cfg.MODEL.SMALL_RESNET = CN()
-    # Output channels of the stem (7x7 conv + max-pool, stride 4) and of res2..res5 (strides 4..32).
-    cfg.MODEL.SMALL_RESNET.STEM_OUT_CHANNELS = 32
-    cfg.MODEL.SMALL_RESNET.STAGE_OUT_CHANNELS = [32, 64, 128, 256]
-    # Basic residual blocks per stage.
-    cfg.MODEL.SMALL_RESNET.BLOCKS_PER_STAGE = [1, 1, 1, 1]
-    # Normalisation of every conv: "BN", "GN" or "SyncBN" (not FrozenBN: trained from scratch).
-    cfg.MODEL.SMALL_RESNET.NORM = "BN"
-
-    # Name of the RoI box predictor in ROI_BOX_PREDICTOR_REGISTRY, for heads built by this project.
-    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "FastRCNNOutputLayers"
-
-    add_sampler_config(cfg)
+    """Config keys of the imbalance toolkit (the samplers, GHM-C) and of the infrastructure they run
+    on (:func:`d2infra.add_d2infra_config`). Safe to call more than once, in any order with the
+    projects' own add functions: an existing toolkit config is left as it is."""
+    add_d2infra_config(cfg)
+    if "SAMPLER" not in cfg.MODEL.ROI_HEADS:
+        add_sampler_config(cfg)

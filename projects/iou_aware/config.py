@@ -2,10 +2,20 @@
 for accurate localization", section 3.1)."""
 from detectron2.config import CfgNode as CN
 
+from d2infra import add_d2infra_config
+
 
 def add_iou_aware_config(cfg: CN) -> None:
     """Add ``MODEL.IOU_AWARE`` (the IoU branch, its loss and the detection confidence) and
-    ``MODEL.FCOS`` (an FCOS meta-architecture buildable from yaml, which Detectron2 0.6 lacks)."""
+    ``MODEL.FCOS`` (an FCOS meta-architecture buildable from yaml, which Detectron2 0.6 lacks).
+
+    Adds the shared keys of :func:`d2infra.add_d2infra_config` (the small backbone, datasets from
+    files) too, so this function alone configures the project; safe to call more than once (an
+    existing ``MODEL.IOU_AWARE`` is kept).
+    """
+    add_d2infra_config(cfg)
+    if "IOU_AWARE" in cfg.MODEL:
+        return
     cfg.MODEL.IOU_AWARE = CN()
     # Exponent `alpha` of Eq. 5, S_det = p^alpha * IoU^(1 - alpha): the weight of the classification
     # score p against the predicted IoU in the detection confidence used for top-k, the score

@@ -2,6 +2,8 @@
 Network for Accurate Object Detection", section 3.2)."""
 from detectron2.config import CfgNode as CN
 
+from imbalance import add_imbalance_config
+
 
 def add_offset_bin_config(cfg: CN) -> None:
     """Add ``MODEL.OFFSET_BIN``: the offset bins (Eq. 5), their loss (Eqs. 7, 9), the decoding
@@ -9,7 +11,14 @@ def add_offset_bin_config(cfg: CN) -> None:
 
     Values are checked when the predictor is built (:class:`offset_bin.OffsetBinCoder`), so an
     impossible value fails at model construction with a message naming the key.
+
+    Adds the shared keys its ROI heads read (the samplers', ``MODEL.ROI_BOX_HEAD.PREDICTOR``, the
+    small backbone's: :func:`imbalance.add_imbalance_config`), so this function alone configures
+    the project; safe to call more than once (an existing ``MODEL.OFFSET_BIN`` is kept).
     """
+    add_imbalance_config(cfg)
+    if "OFFSET_BIN" in cfg.MODEL:
+        return
     cfg.MODEL.OFFSET_BIN = CN()
     # Offset range `a` (a_1 of section 3.2.4) of the first focusing stage, in Box2BoxTransform units
     # (weights (10, 10, 5, 5) make them the paper's normalised offsets of Eq. 1): the inner bins

@@ -16,7 +16,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import (
 )
 from detectron2.structures import Instances
 
-from imbalance.modeling import ROI_BOX_PREDICTOR_REGISTRY
+from d2infra.modeling import ROI_BOX_PREDICTOR_REGISTRY
 
 from .coder import OffsetBinCoder
 

@@ -4,7 +4,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 
-from imbalance.modeling import PredictorFromConfigMixin, build_box_predictor
+from d2infra.modeling import PredictorFromConfigMixin, build_box_predictor
 from imbalance.samplers import RoISamplingMixin
 
 from .output_layers import OffsetBinOutputLayers
@@ -67,7 +67,7 @@ class OffsetBinCascadeROIHeads(RoISamplingMixin, CascadeROIHeads):
     own ``Box2BoxTransform`` (stage weights from ``ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS``).
 
     Redefines only ``_init_box_head``: each stage's predictor is built by
-    :func:`imbalance.modeling.build_box_predictor` (defaulted as in :class:`OffsetBinROIHeads`)
+    :func:`d2infra.modeling.build_box_predictor` (defaulted as in :class:`OffsetBinROIHeads`)
     with the stage's ``box2box_transform``; poolers, box heads and matchers are Detectron2's. The
     first stage samples through the shared sampler registry; the later stages are Detectron2's.
 

@@ -1,5 +1,7 @@
 from detectron2.config import CfgNode as CN
 
+from imbalance import add_imbalance_config
+
 
 def add_r3cnn_config(cfg: CN) -> None:
     """Add ``MODEL.R3CNN``: the loops of R^3-CNN (Sec. 3 of the paper) and its R^3-CNN-L parts.
@@ -7,7 +9,12 @@ def add_r3cnn_config(cfg: CN) -> None:
     Use with ``MODEL.ROI_HEADS.NAME: "R3CNNROIHeads"``. The heads also read the shared keys of
     ``imbalance.add_imbalance_config`` (``MODEL.ROI_HEADS.SAMPLER``, ``MODEL.ROI_BOX_HEAD.PREDICTOR``)
     and require ``MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG: True`` (one regressor for all loops).
+    Adds those shared keys too, so this function alone configures R^3-CNN; safe to call more than
+    once, in any order with the other projects' add functions (an existing ``MODEL.R3CNN`` is kept).
     """
+    add_imbalance_config(cfg)
+    if "R3CNN" in cfg.MODEL:
+        return
     cfg.MODEL.R3CNN = CN()
     # Number of loops L_t of the single box head during training (Table 3 of the paper).
     cfg.MODEL.R3CNN.NUM_LOOPS_TRAIN = 3

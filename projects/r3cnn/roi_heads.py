@@ -22,7 +22,7 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
-from imbalance.modeling.box_predictor import PredictorFromConfigMixin
+from d2infra.modeling.box_predictor import PredictorFromConfigMixin
 from imbalance.samplers.roi_heads import RoISamplingMixin
 from torch import nn
 

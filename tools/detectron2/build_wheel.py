@@ -4,7 +4,7 @@
 The archive's own ``setup.py`` cannot be used: it compiles ``detectron2/layers/csrc``, which the
 archive leaves out. This script builds the same Python packages with plain setuptools instead, and:
 
-* puts our PyTorch implementation of the compiled ops (``imbalance/ops/detectron2_c.py``) into the
+* puts our PyTorch implementation of the compiled ops (``d2infra/ops/detectron2_c.py``) into the
   wheel as ``detectron2/_C.py``, so ``from detectron2 import _C`` works whatever is imported first;
 * includes ``detectron2/model_zoo/configs`` (yaml and lazy ``.py`` configs), which the archive's
   ``setup.py`` leaves out of its wheel.

@@ -1,11 +1,3 @@
-from .box_predictor import (
-    ROI_BOX_PREDICTOR_REGISTRY,
-    PredictorFromConfigMixin,
-    build_box_predictor,
-)
-from .backbone import (
-    build_small_resnet_backbone,
-    build_small_resnet_fpn_backbone,
-    build_small_retinanet_resnet_fpn_backbone,
-)
+"""Dense and RoI heads of the imbalance toolkit: RetinaNet with GHM-C (``ImbalanceRetinaNet``) and a
+Fast R-CNN predictor that honours per-RoI loss weights (``WeightedFastRCNNOutputLayers``)."""
 from . import retinanet, weighted_fast_rcnn  # noqa: F401  registration

@@ -13,7 +13,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
 from detectron2.structures import Instances
 
 from ..losses.fast_rcnn import fast_rcnn_per_roi_losses
-from .box_predictor import ROI_BOX_PREDICTOR_REGISTRY
+from d2infra.modeling import ROI_BOX_PREDICTOR_REGISTRY
 
 
 @ROI_BOX_PREDICTOR_REGISTRY.register()

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..diagnostics import log_sampling_stats
 from ..losses.fast_rcnn import fast_rcnn_per_roi_losses
-from ..modeling.box_predictor import PredictorFromConfigMixin, build_box_predictor
+from d2infra.modeling.box_predictor import PredictorFromConfigMixin, build_box_predictor
 from .base import Candidates, RoISampler, build_roi_sampler
 
 logger = logging.getLogger(__name__)

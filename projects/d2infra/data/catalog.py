@@ -1,8 +1,8 @@
 """Dataset registration in Detectron2's DatasetCatalog / MetadataCatalog.
 
 * The embedded shapes dataset (``shapes_train``, ``shapes_val``, ``shapes_mini_train``,
-  ``shapes_mini_val``): registered on import of :mod:`imbalance.data`; loading a split generates
-  it first if needed (see :mod:`imbalance.data.shapes`), then reads it with Detectron2's
+  ``shapes_mini_val``): registered on import of :mod:`d2infra.data`; loading a split generates
+  it first if needed (see :mod:`d2infra.data.shapes`), then reads it with Detectron2's
   ``load_coco_json``.
 * Datasets in COCO format named on the command line (``DATASETS.COCO_FORMAT.NAMES / JSON_FILES /
   IMAGE_ROOTS``): :func:`register_coco_format_datasets`.

@@ -7,7 +7,7 @@ The source archive we build from has no ``layers/csrc``, so there is nothing to 
 ``tools/detectron2/build_wheel.py`` copies *this single file* into the wheel as
 ``detectron2/_C.py``; ``from detectron2 import _C`` then finds these functions under the names and
 call signatures Detectron2's Python callers use. The same file is also importable as
-``imbalance.ops.detectron2_c`` (which is what the tests compare the installed copy against).
+``d2infra.ops.detectron2_c`` (which is what the tests compare the installed copy against).
 
 Because it is copied verbatim into another package, the file is **self-contained**: it imports only
 ``torch``, ``torchvision``, ``math``, ``numpy`` and ``typing`` -- no relative imports, nothing from
@@ -543,7 +543,7 @@ def nms_rotated(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
 
 def _register_nms_rotated() -> Optional["torch.library.Library"]:
     """Register ``detectron2::nms_rotated`` unless it already exists (this file may be imported
-    both as ``detectron2._C`` and as ``imbalance.ops.detectron2_c``; the first import registers,
+    both as ``detectron2._C`` and as ``d2infra.ops.detectron2_c``; the first import registers,
     and its module keeps the returned Library alive)."""
     try:
         torch.ops.detectron2.nms_rotated  # noqa: B018 (probe)

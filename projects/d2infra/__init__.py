@@ -1,0 +1,17 @@
+"""Detectron2 infrastructure shared by the three projects; none of it is a paper's method.
+
+- :mod:`d2infra.data`: the embedded synthetic ``shapes_*`` datasets and COCO-format datasets named
+  in the config (``DATASETS.COCO_FORMAT``);
+- :mod:`d2infra.ops`: a pure-PyTorch replacement for ``detectron2._C`` (Detectron2's compiled ops);
+- :mod:`d2infra.engine`: the CPU multi-process launch and full-model gradient clipping;
+- :mod:`d2infra.modeling`: the small CPU backbone and the RoI box-predictor registry.
+
+Importing this package registers the ``shapes_*`` datasets, the small backbones in
+``BACKBONE_REGISTRY`` and the predictor registry. ``add_d2infra_config(cfg)`` adds the keys these
+parts read; every project's ``add_<project>_config`` calls it.
+"""
+from . import data  # noqa: F401  registration
+from . import modeling  # noqa: F401  registration
+from .config import add_d2infra_config
+
+__all__ = ["add_d2infra_config"]
