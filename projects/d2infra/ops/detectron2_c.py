@@ -11,7 +11,7 @@ call signatures Detectron2's Python callers use. The same file is also importabl
 
 Because it is copied verbatim into another package, the file is **self-contained**: it imports only
 ``torch``, ``torchvision``, ``math``, ``numpy`` and ``typing`` -- no relative imports, nothing from
-``imbalance`` or ``detectron2``. Everything is written with tensor operations on the inputs'
+``d2infra`` or ``detectron2``. Everything is written with tensor operations on the inputs'
 device, so the ops run on CPU and CUDA alike.
 
 Entry points (callers in Detectron2 v0.6 in brackets):
