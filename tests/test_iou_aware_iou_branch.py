@@ -48,6 +48,10 @@ def test_check_alpha():
     assert check_alpha(0.5) == 0.5
     assert check_alpha(0.0) == 0.0 and check_alpha(1.0) == 1.0
     assert check_alpha(-1) == -1.0
+    # None: the detector's default (0.3 for IoUAwareFCOS, 0.5 for IoUAwareRetinaNet)
+    assert check_alpha(None, default=0.3) == 0.3
+    with pytest.raises(ValueError, match="ALPHA"):
+        check_alpha(None)
     for bad in (1.5, float("nan")):
         with pytest.raises(ValueError):
             check_alpha(bad)
@@ -140,6 +144,6 @@ def test_iou_aware_fcos_configs_detach_the_target():
 
     root = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
     for name in ("iou_aware_fcos_smallR_FPN_shapes.yaml", "iou_aware_fcos_multiply_smallR_FPN_shapes.yaml",
-                 "iou_aware_fcos_R_50_FPN_1x_coco.yaml"):
+                 "iou_aware_fcos_replace_smallR_FPN_shapes.yaml", "iou_aware_fcos_R_50_FPN_1x_coco.yaml"):
         cfg = build_cfg(os.path.join(root, name), [])
         assert cfg.MODEL.IOU_AWARE.TARGET_GRADIENT is False, name

@@ -20,8 +20,10 @@ def add_iou_aware_config(cfg: CN) -> None:
     # Exponent `alpha` of Eq. 5, S_det = p^alpha * IoU^(1 - alpha): the weight of the classification
     # score p against the predicted IoU in the detection confidence used for top-k, the score
     # threshold, NMS and the output score. In [0, 1]; 1.0 ranks by p alone (plain RetinaNet
-    # inference). A negative value selects the plain product p * IoU (Table 3, row "none").
-    cfg.MODEL.IOU_AWARE.ALPHA = 0.5
+    # inference). A negative value selects the plain product p * IoU (Table 3, row "none"). None:
+    # the detector's default, 0.5 for IoUAwareRetinaNet (the paper's, Table 3) and 0.3 for
+    # IoUAwareFCOS (the authors' iou_aware_fcos_head.py).
+    cfg.MODEL.IOU_AWARE.ALPHA = None
     # Loss `CE(IoU_i, \hat{IoU}_i)` of Eq. 3 on the predicted IoU: "bce" (binary cross-entropy, the
     # paper's choice) or "l2" (squared error on the sigmoid output), Table 2.
     cfg.MODEL.IOU_AWARE.LOSS_TYPE = "bce"
@@ -31,10 +33,14 @@ def add_iou_aware_config(cfg: CN) -> None:
     # gradient into the regression branch. True is the authors' code (confirmed intended by the
     # author); False detaches the target (PAA-style).
     cfg.MODEL.IOU_AWARE.TARGET_GRADIENT = True
-    # IoUAwareFCOS only: how the predicted IoU meets FCOS's centerness. "replace": no centerness
-    # branch, the IoU takes its place in the confidence; "multiply": both are predicted and the
+    # IoUAwareFCOS only: how the predicted IoU meets FCOS's centerness. "train_only" (the authors'
+    # code): centerness is trained, the confidence of Eq. 5 uses the IoU alone; "replace": no
+    # centerness branch nor loss, the IoU takes its place; "multiply": both are predicted and the
     # localization quality in Eq. 5 is centerness * IoU.
-    cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS = "replace"
+    cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS = "train_only"
+    # IoUAwareFCOS only: the tower whose last feature the centerness conv reads: "box" (Detectron2's
+    # FCOS, our baseline) or "cls" (the authors' head, built on an earlier FCOS).
+    cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS_TOWER = "box"
 
     # FCOS (Tian et al.) from yaml: the arguments of Detectron2's LazyConfig-only `FCOS` class.
     cfg.MODEL.FCOS = CN()

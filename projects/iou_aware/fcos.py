@@ -1,8 +1,11 @@
-"""FCOS from yaml configs, and IoU-aware FCOS: the IoU branch of section 3.1 on FCOS, where the
-predicted IoU replaces centerness or multiplies with it (``MODEL.IOU_AWARE.FCOS_CENTERNESS``).
+"""FCOS from yaml configs, and IoU-aware FCOS: the IoU branch of section 3.1 on FCOS. As in the
+authors' code, centerness stays trained and the detections are ranked by p^0.3 * IoU^0.7; the
+predicted IoU can instead replace centerness or multiply with it
+(``MODEL.IOU_AWARE.FCOS_CENTERNESS``).
 
-Detectron2 0.6 ships :class:`FCOS` only for LazyConfig (no ``from_config``, not registered);
+Detectron2 ships :class:`FCOS` only for LazyConfig (no ``from_config``, not registered);
 :class:`ConfigurableFCOS` adds the ``MODEL.FCOS`` keys and registers it, unchanged otherwise.
+Works with Detectron2 v0.6 and main (see :data:`_FCOS_MATCHES_TENSORS`).
 """
 import logging
 import math
@@ -28,7 +31,20 @@ __all__ = ["ConfigurableFCOS", "IoUAwareFCOSHead", "IoUAwareFCOS"]
 
 logger = logging.getLogger(__name__)
 
-FCOS_CENTERNESS_MODES = ("replace", "multiply")
+FCOS_CENTERNESS_MODES = ("train_only", "replace", "multiply")
+# The confidence exponent of the authors' IoU-aware FCOS (iou_aware_fcos_head.py, get_bboxes_single:
+# ``alpha = 0.3``); MODEL.IOU_AWARE.ALPHA None selects it for IoUAwareFCOS.
+FCOS_DEFAULT_ALPHA = 0.3
+
+# Detectron2 after v0.6 (``FCOS._match_anchors``, main at 02b5c4e) matches anchors to plain tensors
+# of ground-truth boxes and labels images without ground truth itself; v0.6 (``match_anchors``)
+# returns ``Boxes`` and fails on such images. Feature-detected, not read from a version string.
+_FCOS_MATCHES_TENSORS = hasattr(FCOS, "_match_anchors")
+
+
+def _box_tensor(boxes) -> Tensor:
+    """The (R, 4) tensor of matched boxes from ``label_anchors``: ``Boxes`` (v0.6) or a tensor."""
+    return boxes.tensor if isinstance(boxes, Boxes) else boxes
 
 
 def _group_norm_32(channels: int) -> nn.GroupNorm:
@@ -48,8 +64,8 @@ def _head_norm(norm: str):
 @META_ARCH_REGISTRY.register()
 class ConfigurableFCOS(FCOS):
     """Detectron2's :class:`FCOS`, buildable from a yaml config (``MODEL.FCOS``). Nothing else is
-    redefined except the labelling of images without ground truth (which Detectron2 0.6 fails on):
-    this is the FCOS baseline of the IoU-aware FCOS."""
+    redefined except, under Detectron2 v0.6, the labelling of images without ground truth (which
+    v0.6 fails on; main handles them): this is the FCOS baseline of the IoU-aware FCOS."""
 
     @configurable
     def __init__(self, **kwargs):
@@ -59,11 +75,15 @@ class ConfigurableFCOS(FCOS):
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
         """FCOS's labelling (:meth:`FCOS.label_anchors`), plus images without ground truth, which
-        Detectron2 0.6's fails on: all their anchors are background.
+        Detectron2 0.6's fails on: all their anchors are background. Under Detectron2 main, which
+        labels such images itself, this is main's own.
 
         Returns:
-            #images label vectors (R,) in [0, K] and #images Boxes (R, 4) of matched ground truth.
+            #images label vectors (R,) in [0, K] and #images matched ground-truth boxes (R, 4):
+            ``Boxes`` under v0.6, tensors under main (what that version's ``FCOS.losses`` takes).
         """
+        if _FCOS_MATCHES_TENSORS:
+            return super().label_anchors(anchors, gt_instances)
         num_anchors = sum(len(a) for a in anchors)
         device = anchors[0].tensor.device
         labels, boxes = [], []
@@ -118,17 +138,24 @@ class ConfigurableFCOS(FCOS):
 
 class IoUAwareFCOSHead(FCOSHead):
     """FCOS's head plus the IoU prediction conv (one 3x3 conv, one output, on the last box-tower
-    feature, like centerness). With ``use_centerness=False`` the centerness conv is dropped, so the
-    IoU conv takes its place."""
+    feature, as the authors' ``fcos_iou`` on ``reg_feat``). With ``use_centerness=False`` the
+    centerness conv is dropped ("replace"), so the IoU conv takes its place.
 
-    def __init__(self, *, use_centerness: bool = False, **kwargs):
+    Centerness stays where Detectron2's FCOS puts it, on the box tower (the baseline's head); the
+    authors' head, built on an earlier FCOS, puts it on the classification tower
+    (``centerness_on_cls=True``, ``MODEL.IOU_AWARE.FCOS_CENTERNESS_TOWER: "cls"``)."""
+
+    def __init__(self, *, use_centerness: bool = True, centerness_on_cls: bool = False, **kwargs):
         """
         Args:
-            use_centerness: keep FCOS's centerness conv ("multiply" mode).
+            use_centerness: keep FCOS's centerness conv ("train_only" and "multiply" modes).
+            centerness_on_cls: run it on the classification tower's last feature instead of the
+                box tower's.
             kwargs: the arguments of :class:`FCOSHead`.
         """
         super().__init__(**kwargs)
         self.use_centerness = use_centerness
+        self.centerness_on_cls = bool(centerness_on_cls) and use_centerness
         if not use_centerness:
             del self.ctrness
         self.iou_pred = nn.Conv2d(self.bbox_pred.in_channels, 1, kernel_size=3, stride=1, padding=1)
@@ -145,11 +172,14 @@ class IoUAwareFCOSHead(FCOSHead):
         assert len(features) == self._num_features
         logits, bbox_reg, ctrness, iou_logits = [], [], [], []
         for feature in features:
-            logits.append(self.cls_score(self.cls_subnet(feature)))
+            cls_feature = self.cls_subnet(feature)
+            logits.append(self.cls_score(cls_feature))
             bbox_feature = self.bbox_subnet(feature)
             bbox_reg.append(self.bbox_pred(bbox_feature))
             if self.use_centerness:
-                ctrness.append(self.ctrness(bbox_feature))
+                ctrness.append(
+                    self.ctrness(cls_feature if self.centerness_on_cls else bbox_feature)
+                )
             iou_logits.append(self.iou_pred(bbox_feature))
         if self.use_centerness:
             return logits, bbox_reg, ctrness, iou_logits
@@ -160,10 +190,24 @@ class IoUAwareFCOSHead(FCOSHead):
 class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
     """FCOS with the IoU branch (:class:`IoUAwareFCOSHead`).
 
-    The localization quality q is the predicted IoU ("replace": no centerness branch nor loss) or
-    centerness x IoU ("multiply"). The confidence is Eq. 5 with q in place of IoU,
-    ``S = p^alpha * q^(1 - alpha)``; at alpha 0.5 and "replace" this is FCOS's own
-    ``sqrt(p * centerness)`` with the IoU in place of centerness.
+    The confidence is Eq. 5 with a localization quality q, ``S = p^alpha * q^(1 - alpha)``, computed
+    on every location and class before the top-k candidate selection. By
+    ``MODEL.IOU_AWARE.FCOS_CENTERNESS``:
+
+    * "train_only" (default, the authors' code: ShengkaiWu/IoU-aware-single-stage-object-detector,
+      ``mmdet/models/anchor_heads/iou_aware_fcos_head.py``): centerness is predicted and trained
+      (``loss_fcos_ctr``), but does not enter the confidence: q is the predicted IoU. There,
+      ``get_bboxes_single`` computes the centerness sigmoid and never uses it (the
+      ``score_factors=mlvl_centerness`` call of ``multiclass_nms`` is commented out) and scores
+      ``scores.pow(0.3) * iou.pow(0.7)``; hence alpha 0.3 (``FCOS_DEFAULT_ALPHA``).
+    * "replace": no centerness branch nor loss; q is the predicted IoU.
+    * "multiply": centerness trained; q = centerness x IoU.
+
+    Where this follows Detectron2's FCOS rather than the authors' (an earlier mmdetection FCOS),
+    because the baseline it is compared with is Detectron2's: centerness on the box tower (the
+    authors' is on the classification tower, ``FCOS_CENTERNESS_TOWER: "cls"``); GIoU box loss and
+    every loss, ``loss_iou`` included, normalised by FCOS's EMA of the number of positives (theirs:
+    centerness-weighted IoU loss, means over the positives).
 
     Redefines ``forward_training`` (adds ``loss_iou``; drops ``loss_fcos_ctr`` in "replace") and
     ``forward_inference``; matching and the classification/box losses are FCOS's.
@@ -173,8 +217,8 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
     def __init__(
         self,
         *,
-        centerness_mode: str = "replace",
-        iou_alpha: float = 0.5,
+        centerness_mode: str = "train_only",
+        iou_alpha: float = FCOS_DEFAULT_ALPHA,
         iou_loss_type: str = "bce",
         iou_loss_weight: float = 1.0,
         iou_target_gradient: bool = True,
@@ -182,7 +226,8 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
     ):
         """
         Args:
-            centerness_mode: "replace" or "multiply"; must agree with the head.
+            centerness_mode: "train_only", "replace" or "multiply"; must agree with the head
+                (which has a centerness conv unless "replace").
             iou_alpha, iou_loss_type, iou_loss_weight, iou_target_gradient: as in
                 :class:`IoUAwareRetinaNet`.
             kwargs: the arguments of :class:`FCOS`.
@@ -197,9 +242,11 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
             raise ValueError(
                 f"MODEL.IOU_AWARE.LOSS_TYPE must be one of {IOU_LOSS_TYPES}, got {iou_loss_type!r}"
             )
-        self.use_centerness = centerness_mode == "multiply"
+        self.centerness_mode = centerness_mode
+        self.use_centerness = centerness_mode != "replace"
         assert getattr(self.head, "use_centerness", None) == self.use_centerness, (
-            "the head must be an IoUAwareFCOSHead with use_centerness matching centerness_mode"
+            "the head must be an IoUAwareFCOSHead with a centerness conv unless centerness_mode "
+            "is 'replace'"
         )
         self.iou_alpha = check_alpha(iou_alpha)
         self.iou_loss_type = iou_loss_type
@@ -208,7 +255,13 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
 
     @classmethod
     def build_head(cls, cfg, input_shape: List[ShapeSpec]) -> nn.Module:
-        return IoUAwareFCOSHead(use_centerness=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS == "multiply",
+        tower = cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS_TOWER
+        if tower not in ("box", "cls"):
+            raise ValueError(
+                f"MODEL.IOU_AWARE.FCOS_CENTERNESS_TOWER must be 'box' or 'cls', got {tower!r}"
+            )
+        return IoUAwareFCOSHead(use_centerness=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS != "replace",
+                                centerness_on_cls=tower == "cls",
                                 **cls.head_kwargs(cfg, input_shape))
 
     @classmethod
@@ -216,7 +269,7 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
         ret = super().from_config(cfg)
         ret.update(
             centerness_mode=cfg.MODEL.IOU_AWARE.FCOS_CENTERNESS,
-            iou_alpha=check_alpha(cfg.MODEL.IOU_AWARE.ALPHA),
+            iou_alpha=check_alpha(cfg.MODEL.IOU_AWARE.ALPHA, default=FCOS_DEFAULT_ALPHA),
             iou_loss_type=cfg.MODEL.IOU_AWARE.LOSS_TYPE,
             iou_loss_weight=cfg.MODEL.IOU_AWARE.LOSS_WEIGHT,
             iou_target_gradient=cfg.MODEL.IOU_AWARE.TARGET_GRADIENT,
@@ -234,8 +287,8 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
     def forward_training(self, images, features, predictions, gt_instances) -> Dict[str, Tensor]:
         """
         Returns:
-            FCOS's "loss_fcos_cls", "loss_fcos_loc" (and "loss_fcos_ctr" in "multiply" mode), plus
-            "loss_iou" (Eq. 3), all normalised by FCOS's EMA of the number of positives.
+            FCOS's "loss_fcos_cls", "loss_fcos_loc" and "loss_fcos_ctr" (not in "replace" mode),
+            plus "loss_iou" (Eq. 3), all normalised by FCOS's EMA of the number of positives.
         """
         pred_logits, pred_deltas, pred_ctrness, pred_iou_logits = self._split_predictions(
             predictions
@@ -252,7 +305,9 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
             del losses["loss_fcos_ctr"]
 
         losses["loss_iou"] = self.iou_branch_losses(
-            anchors, pred_deltas, gt_labels, torch.stack([b.tensor for b in gt_boxes]), pred_iou_logits)
+            anchors, pred_deltas, gt_labels, torch.stack([_box_tensor(b) for b in gt_boxes]),
+            pred_iou_logits,
+        )
         return losses
 
     def forward_inference(
@@ -261,7 +316,7 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
         """
         Returns:
             #images Instances with "pred_boxes", "pred_classes", "scores" (the Eq. 5 confidence),
-            "cls_scores", "pred_ious" (and "centerness" in "multiply" mode).
+            "cls_scores", "pred_ious" (and "centerness" unless in "replace" mode).
         """
         pred_logits, pred_deltas, pred_ctrness, pred_iou_logits = self._split_predictions(
             predictions
@@ -273,12 +328,13 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
             cls_scores = [x[img_idx].sigmoid() for x in pred_logits]
             pred_ious = [x[img_idx].sigmoid() for x in pred_iou_logits]
             extra_fields = [{"cls_scores": p, "pred_ious": iou} for p, iou in zip(cls_scores, pred_ious)]
-            quality = pred_ious
+            quality = pred_ious  # "train_only" and "replace"
             if self.use_centerness:
                 ctrness = [x[img_idx].sigmoid() for x in pred_ctrness]
-                quality = [iou * c for iou, c in zip(pred_ious, ctrness)]
                 for fields, c in zip(extra_fields, ctrness):
                     fields["centerness"] = c
+                if self.centerness_mode == "multiply":
+                    quality = [iou * c for iou, c in zip(pred_ious, ctrness)]
             # Eq. 5 with the localization quality q, before the top-k candidate selection.
             confidences = [
                 detection_confidence(p, q, self.iou_alpha) for p, q in zip(cls_scores, quality)

@@ -24,8 +24,13 @@ __all__ = [
 IOU_LOSS_TYPES = ("bce", "l2")
 
 
-def check_alpha(alpha: float) -> float:
-    """Validate ``MODEL.IOU_AWARE.ALPHA``: in [0, 1], or negative for the plain product p * IoU."""
+def check_alpha(alpha: Optional[float], default: Optional[float] = None) -> float:
+    """Validate ``MODEL.IOU_AWARE.ALPHA``: in [0, 1], or negative for the plain product p * IoU;
+    None stands for the detector's ``default``."""
+    if alpha is None:
+        if default is None:
+            raise ValueError("MODEL.IOU_AWARE.ALPHA is None and this detector has no default alpha")
+        alpha = default
     alpha = float(alpha)
     if alpha != alpha or alpha > 1.0:  # NaN, or above 1 (negative selects the product)
         raise ValueError(

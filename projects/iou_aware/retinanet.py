@@ -104,7 +104,7 @@ class IoUAwareRetinaNet(IoUConfidenceDecodingMixin, RetinaNet):
         feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
         ret["head"] = IoUAwareRetinaNetHead(cfg, feature_shapes)
         ret.update(
-            iou_alpha=check_alpha(cfg.MODEL.IOU_AWARE.ALPHA),
+            iou_alpha=check_alpha(cfg.MODEL.IOU_AWARE.ALPHA, default=0.5),
             iou_loss_type=cfg.MODEL.IOU_AWARE.LOSS_TYPE,
             iou_loss_weight=cfg.MODEL.IOU_AWARE.LOSS_WEIGHT,
             iou_target_gradient=cfg.MODEL.IOU_AWARE.TARGET_GRADIENT,
