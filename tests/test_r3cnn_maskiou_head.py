@@ -1,63 +1,174 @@
-"""Tests of r3cnn.maskiou_head (Mask Scoring R-CNN's MaskIoU branch) and of its use in R^3-CNN-L."""
+"""Tests of r3cnn.maskiou_head (Mask Scoring R-CNN's MaskIoU branch as R^3-CNN-L builds it) and of
+its use in R3CNNROIHeads: hand-made mask pairs, the authors' layer sizes, hand-computed losses and
+the predicted class's IoU read at inference."""
+import pytest
 import torch
-from detectron2.structures import BitMasks, Boxes, Instances
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from r3cnn import MaskIoUHead
 from r3cnn.maskiou_head import mask_iou_targets
 
-from test_r3cnn_roi_heads import build, make_cfg, make_features, make_proposals, make_targets
+from test_r3cnn_roi_heads import (_one_image, build, make_cfg, make_features, make_proposals,
+                                  make_targets, zero_regression)
 
 
-def test_mask_iou_targets_hand_computed():
-    # gt mask = left half of a 4x4 image; the RoI is the whole image; M = 4
+def _cut_object(masks_type):
+    """An 8 (w) x 4 (h) object at the top-left of an 8x8 image; the RoI [0, 0, 4, 4] holds its left
+    half. The mask is predicted on all of the RoI (M = 4: one cell per pixel)."""
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, 0:4, 0:8] = True
+    masks = (BitMasks(gt) if masks_type == "bitmask"
+             else PolygonMasks([[[0.0, 0.0, 8.0, 0.0, 8.0, 4.0, 0.0, 4.0]]]))
+    return Instances((8, 8), proposal_boxes=Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]])),
+                     gt_masks=masks)
+
+
+@pytest.mark.parametrize("masks_type", ["bitmask", "polygon"])
+def test_target_is_the_iou_with_the_whole_instance_when_the_box_cuts_it(masks_type):
+    inst = _cut_object(masks_type)
+    logits = torch.full((1, 4, 4), 3.0)  # the whole RoI predicted
+    # predicted 16 px, instance 32 px, intersection 16 px: IoU 0.5 (inside the RoI it would be 1)
+    assert torch.allclose(mask_iou_targets(logits, [inst]), torch.tensor([0.5]))
+    logits[0, :, 2:] = -3.0  # left half of the RoI only: 8 / (8 + 32 - 8)
+    assert torch.allclose(mask_iou_targets(logits, [inst]), torch.tensor([0.25]))
+
+
+def test_target_binarises_the_logits_at_the_threshold():
+    inst = _cut_object("bitmask")
+    logits = torch.full((1, 4, 4), 0.4)
+    logits[0, :, :2] = 0.6  # probability 0.65 vs 0.60: only the left half is > 0.5 as a logit
+    assert torch.allclose(mask_iou_targets(logits, [inst], 0.5), torch.tensor([8.0 / 32.0]))
+    assert torch.allclose(mask_iou_targets(logits, [inst], 0.0), torch.tensor([16.0 / 32.0]))
+
+
+def test_target_of_an_exact_mask_inside_the_roi_is_one():
     gt = torch.zeros(1, 4, 4, dtype=torch.bool)
     gt[0, :, :2] = True
     inst = Instances((4, 4), proposal_boxes=Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]])),
                      gt_masks=BitMasks(gt))
-    probs = torch.zeros(1, 4, 4)
-    probs[0, :2, :] = 0.9  # top half predicted: intersection 4, union 12
-    assert torch.allclose(mask_iou_targets(probs, [inst]), torch.tensor([4.0 / 12.0]))
-    probs = torch.where(gt, 0.8, 0.1).float()  # exact: IoU 1
-    assert torch.allclose(mask_iou_targets(probs, [inst]), torch.tensor([1.0]))
+    logits = torch.where(gt, 2.0, -2.0).float()
+    assert torch.allclose(mask_iou_targets(logits, [inst]), torch.tensor([1.0]))
+    logits = torch.full((1, 4, 4), -2.0)
+    logits[0, :2, :] = 2.0  # top half: intersection 4, union 12
+    assert torch.allclose(mask_iou_targets(logits, [inst]), torch.tensor([4.0 / 12.0]))
 
 
-def test_head_shapes_and_parameters():
-    head = MaskIoUHead(8, 14, 3, num_conv=2, conv_dim=4, num_fc=1, fc_dim=5, use_nonlocal=False)
-    out = head(torch.rand(2, 8, 14, 14), torch.rand(2, 1, 28, 28))
-    assert out.shape == (2, 3)
-    expected = (9 * 4 * 9 + 4) + (4 * 4 * 9 + 4) + (4 * 7 * 7 * 5 + 5) + (5 * 3 + 3)
-    assert sum(p.numel() for p in head.parameters()) == expected
+def test_coco_head_has_the_authors_layers():
+    """4 convs 3x3 (257->256, 256->256 x3), non-local(256), 7x7 convs 256->128->64,
+    non-local(64), linear 64*7*7 -> 80: FCCMaskIoUHead with num_convs=4, num_fcs=2,
+    nl_stages=(True, True), NonLocal2d kernel 7."""
+    head = MaskIoUHead(256, 14, 80)
+    convs = (257 * 256 * 9 + 256) + 3 * (256 * 256 * 9 + 256)
+    nl256 = 3 * (256 * 128 * 49 + 128) + (128 * 256 * 49 + 256)
+    light = (256 * 128 * 49 + 128) + (128 * 64 * 49 + 64)
+    nl64 = 3 * (64 * 32 * 49 + 32) + (32 * 64 * 49 + 64)
+    linear = 64 * 7 * 7 * 80 + 80
+    assert sum(p.numel() for p in head.parameters()) == convs + nl256 + light + nl64 + linear
+    out = head(torch.rand(2, 256, 14, 14), torch.randn(2, 28, 28))
+    assert out.shape == (2, 80)
 
 
-def test_convolutions_only_head_pools_globally():
-    head = MaskIoUHead(8, 14, 3, num_conv=1, conv_dim=4, num_fc=0, use_nonlocal=True,
-                       nonlocal_kernel_size=3)
-    assert head(torch.rand(2, 8, 14, 14), torch.rand(2, 1, 28, 28)).shape == (2, 3)
-    non_local = 3 * (4 * 2 * 9 + 2) + (2 * 4 + 4)
-    expected = (9 * 4 * 9 + 4) + non_local + (4 * 3 + 3)
-    assert sum(p.numel() for p in head.parameters()) == expected
+def test_forward_matches_its_layers_in_order():
+    torch.manual_seed(0)
+    head = MaskIoUHead(4, 6, 3, num_conv=2, conv_dim=8, num_light_conv=2, use_nonlocal=False,
+                       light_kernel_size=3)
+    feats, logits = torch.rand(2, 4, 6, 6), torch.randn(2, 12, 12)
+    with torch.no_grad():
+        x = torch.cat([feats, F.max_pool2d(logits.sigmoid()[:, None], 2)], dim=1)
+        for layer in head.layers:
+            x = F.relu(layer(x))
+        assert x.shape == (2, 2, 3, 3)  # stride 2 on the last 3x3 conv, widths 8 -> 4 -> 2
+        expected = head.maskiou(x.flatten(1))
+        assert torch.allclose(head(feats, logits), expected)
 
 
-def test_r3cnn_L_trains_and_rescales_mask_scores():
-    cfg = make_cfg(MASKIOU_ON=True)
+def _l_cfg(**r3):
+    cfg = make_cfg(MASKIOU_ON=True, **r3)
     cfg.MODEL.ROI_BOX_HEAD.NAME = "R3CNNLightConvHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = 1
-    cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 8
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
-    heads = build(cfg)
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = 2
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 0
+    return cfg
+
+
+def _set_maskiou_output(heads, per_class):
+    """The MaskIoU head outputs the constant ``per_class[c]`` for class c."""
+    with torch.no_grad():
+        heads.maskiou_head.maskiou.weight.zero_()
+        heads.maskiou_head.maskiou.bias.copy_(torch.tensor(per_class))
+
+
+def test_no_loss_without_positive_targets():
+    """Untrained mask logits ~0 are all under the 0.5 logit threshold: every target is 0 and, as
+    the authors' loss keeps only targets > 0, the MaskIoU loss is 0."""
+    heads = build(_l_cfg())
+    with torch.no_grad():
+        heads.mask_head.predictor.bias.fill_(-1.0)
     with EventStorage():
-        _, losses = heads(None, make_features(), make_proposals(), make_targets())
-    assert {f"loss_maskiou_loop{t}" for t in range(3)} <= set(losses)
-    sum(losses.values()).backward()
-    assert heads.maskiou_head.maskiou.weight.grad is not None
+        _, losses = heads(None, make_features(), make_proposals(near_gt=3), make_targets())
+    assert losses["loss_maskiou"] == 0
+
+
+def test_maskiou_loss_hand_computed_last_loop_only():
+    """Boxes inside the one gt box whose mask fills it, the mask predicted on the whole RoI
+    (logit 5): each target is the box's IoU r (the RoI holds r of the instance). The loss is
+    0.5 x mean (0.9 - r)^2 over the last loop's positives (r >= 0.7, and the gt box), the
+    ground-truth class's output (0.9; the others 0.1, 0.2) and no loop weight."""
+    cfg = _l_cfg(IOU_THRESHOLDS=[0.5, 0.6, 0.7], LOOP_LOSS_WEIGHTS=[1.0, 0.75, 0.3])
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
+    heads = build(cfg)
+    zero_regression(heads)
+    _set_maskiou_output(heads, [0.1, 0.2, 0.9])
+    with torch.no_grad():
+        heads.mask_head.predictor.weight.zero_()
+        heads.mask_head.predictor.bias.fill_(5.0)
+    ious = [0.55, 0.65, 0.75, 0.85]
+    prop, target = _one_image([[10.0, 10.0, 50.0, 10.0 + 40.0 * r] for r in ious], gt_class=2)
+    with EventStorage():
+        _, losses = heads(None, {"p2": make_features()["p2"][:1]}, [prop], [target])
+    assert [k for k in losses if "maskiou" in k] == ["loss_maskiou"]
+    r = torch.tensor([0.75, 0.85, 1.0])
+    expected = 0.5 * ((0.9 - r) ** 2).mean()
+    assert torch.allclose(losses["loss_maskiou"], expected, atol=1e-4)
+
+
+def test_maskiou_gradient_reaches_the_mask_head():
+    """As the authors' code, the mask logits enter the MaskIoU head undetached."""
+    heads = build(_l_cfg())
+    with torch.no_grad():  # predicted masks not empty: positive targets
+        heads.mask_head.predictor.bias.fill_(1.0)
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(near_gt=3), make_targets())
+    assert losses["loss_maskiou"] > 0
+    losses["loss_maskiou"].backward()
+    assert heads.maskiou_head.maskiou.weight.grad.abs().sum() > 0
+    assert heads.mask_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_inference_reads_the_maskiou_of_the_predicted_class():
+    heads = build(_l_cfg())
+    per_class = [0.3, 0.6, 0.9]
+    _set_maskiou_output(heads, per_class)
     heads.eval()
     with torch.no_grad():
         out, _ = heads(None, make_features(), make_proposals())
+    classes = set()
     for inst in out:
         assert len(inst) > 0
-        assert ((inst.pred_maskiou >= 0) & (inst.pred_maskiou <= 1)).all()
-        assert torch.allclose(inst.mask_scores, inst.scores * inst.pred_maskiou)
+        expected = torch.tensor(per_class)[inst.pred_classes]
+        assert torch.allclose(inst.pred_maskiou, expected)
+        assert torch.allclose(inst.mask_scores, inst.scores * expected)
+        classes |= set(inst.pred_classes.tolist())
+    assert len(classes) > 1  # several classes read
+
+
+def test_r3cnn_L_trains_on_images_without_objects():
+    heads = build(_l_cfg())
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(), make_targets(with_empty=True))
+    assert torch.isfinite(sum(losses.values()))
+    sum(losses.values()).backward()
 
 
 def test_evaluator_ranks_masks_by_mask_scores():

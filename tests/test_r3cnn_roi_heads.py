@@ -1,6 +1,7 @@
 """Tests of r3cnn.roi_heads.R3CNNROIHeads against Detectron2's StandardROIHeads on the same weights
-and against hand-built proposals of known IoU. Tiny seeded CPU inputs."""
+and against hand-built proposals of known IoU and known regressions. Tiny seeded CPU inputs."""
 import copy
+import math
 
 import pytest
 import torch
@@ -38,8 +39,8 @@ def make_cfg(**r3):
     cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
     cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
     cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 6
+    cfg.MODEL.R3CNN.MASKIOU_NUM_CONV = 2
     cfg.MODEL.R3CNN.MASKIOU_CONV_DIM = 8
-    cfg.MODEL.R3CNN.MASKIOU_FC_DIM = 16
     for k, v in r3.items():
         cfg.MODEL.R3CNN[k] = v
     return cfg
@@ -73,14 +74,22 @@ def make_targets(with_empty=False):
     return targets
 
 
-def make_proposals(n=20):
+def make_proposals(n=20, near_gt=0):
+    """``n`` random boxes per image, then ``near_gt`` boxes around each of make_targets' boxes
+    (jittered by up to 3 px: positives at IoU 0.5)."""
     g = torch.Generator().manual_seed(2)
     proposals = []
     for _ in range(2):
         xy = torch.rand(n, 2, generator=g) * 40
         wh = torch.rand(n, 2, generator=g) * 20 + 6
+        boxes = torch.cat([xy, (xy + wh).clamp(max=63)], dim=1)
+        if near_gt:
+            gt = torch.tensor([[8.0, 10.0, 40.0, 44.0], [30.0, 20.0, 60.0, 50.0]])
+            jitter = (torch.rand(2, near_gt, 4, generator=g) - 0.5) * 6
+            boxes = torch.cat([boxes, (gt[:, None] + jitter).reshape(-1, 4).clamp(0, 63)])
+            n = len(boxes)
         inst = Instances(IMAGE_SIZE)
-        inst.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=63)], dim=1))
+        inst.proposal_boxes = Boxes(boxes)
         inst.objectness_logits = torch.rand(n, generator=g)
         proposals.append(inst)
     return proposals
@@ -125,7 +134,7 @@ def test_params_equal_one_mask_rcnn_head_without_flow(loops):
 
 
 def test_params_with_info_flow_add_one_1x1_conv():
-    cfg = make_cfg()  # 3 loops, info flow on
+    cfg = make_cfg(MASK_INFO_FLOW=True)  # 3 loops, info flow on
     heads = build(cfg)
     std = StandardROIHeads(cfg, INPUT_SHAPE)
     conv_dim = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM
@@ -151,6 +160,55 @@ def test_one_loop_box_losses_equal_standard_roi_heads():
     assert "loss_mask_loop0" in ours
 
 
+def zero_regression(heads):
+    """No box moves: every loop sees the boxes of the previous one (the ground-truth copies aside)."""
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.weight.zero_()
+        heads.box_predictor.bbox_pred.bias.zero_()
+
+
+def test_one_loop_without_flow_all_losses_equal_standard_roi_heads():
+    """1 loop, no flow: box, class and mask losses are StandardROIHeads' (class-agnostic) on the
+    same weights. The batch holds every proposal, so both sample the same RoIs; with zero
+    regression the mask branch's re-sampled positives are Detectron2's sampled positives."""
+    cfg = make_cfg(NUM_LOOPS_TRAIN=1, IOU_THRESHOLDS=[0.5], LOOP_LOSS_WEIGHTS=[1.0])
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 256  # > 20 proposals + 2 gt: all sampled
+    heads = build(cfg)
+    randomize_regression(heads)
+    zero_regression(heads)
+    std = standard_twin(cfg, heads)
+    features, proposals, targets = make_features(), make_proposals(near_gt=3), make_targets()
+    with EventStorage() as storage:
+        _, ours = heads(None, features, copy.deepcopy(proposals), targets)
+        num_fg = storage.latest()["imbalance/loop0/num_fg"][0]
+        _, ref = std(None, features, copy.deepcopy(proposals), targets)
+    assert 4 < num_fg <= 2 * 64  # positives besides the gt boxes, all under the mask cap
+    assert set(ours) == {"loss_cls_loop0", "loss_box_reg_loop0", "loss_mask_loop0"}
+    for k in ("loss_cls", "loss_box_reg", "loss_mask"):
+        assert ref[k] > 0
+        assert torch.allclose(ours[f"{k}_loop0"], ref[k], rtol=0, atol=1e-6), k
+
+
+def test_every_loop_takes_its_own_weight():
+    """Zero regression and one threshold: every loop sees the same RoIs, so loop t's losses are
+    LOOP_LOSS_WEIGHTS[t] x StandardROIHeads' (box, class and mask)."""
+    weights = [1.0, 0.75, 0.3]
+    cfg = make_cfg(IOU_THRESHOLDS=[0.5, 0.5, 0.5], LOOP_LOSS_WEIGHTS=weights)
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 256
+    heads = build(cfg)
+    randomize_regression(heads)
+    zero_regression(heads)
+    std = standard_twin(cfg, heads)
+    features, proposals, targets = make_features(), make_proposals(near_gt=3), make_targets()
+    with EventStorage():
+        _, ours = heads(None, features, copy.deepcopy(proposals), targets)
+        _, ref = std(None, features, copy.deepcopy(proposals), targets)
+    assert ref["loss_box_reg"] > 0
+    for t, w in enumerate(weights):
+        for k in ("loss_cls", "loss_box_reg", "loss_mask"):
+            assert torch.allclose(ours[f"{k}_loop{t}"], w * ref[k], rtol=0, atol=1e-6), (t, k)
+
+
 def test_three_loops_weight_each_loop_and_keep_loop0_as_standard():
     cfg = make_cfg(LOOP_LOSS_WEIGHTS=[2.0, 0.75, 0.5])
     heads = build(cfg)
@@ -172,8 +230,15 @@ def test_three_loops_weight_each_loop_and_keep_loop0_as_standard():
         assert f"imbalance/loop{t}/num_fg" in latest
         assert f"imbalance/loop{t}/fg_bg_ratio" in latest
         assert f"imbalance/loop{t}/iou_0.95" in latest
-    sum(ours.values()).backward()
-    assert heads.mask_flow_conv.weight.grad is not None  # the flow conv learns from loops >= 1
+    assert heads.mask_flow_conv is None  # the authors' mask branch: no flow by default
+
+
+def test_info_flow_conv_learns_from_loops_after_the_first():
+    heads = build(make_cfg(MASK_INFO_FLOW=True))
+    with EventStorage():
+        _, losses = heads(None, make_features(), make_proposals(), make_targets())
+    losses["loss_mask_loop1"].backward()
+    assert heads.mask_flow_conv.weight.grad.abs().sum() > 0
 
 
 def _loop_labels(cfg, ious, thresholds):
@@ -227,12 +292,129 @@ def test_per_loop_labels_use_the_loops_threshold(thresholds):
         assert latest[f"imbalance/loop{t}/num_bg"][0] == len(ious) + 1 - n_fg
 
 
+def _one_image(boxes, gt_box=(10.0, 10.0, 50.0, 50.0), gt_class=2):
+    """One 64x64 image: the given proposals and one ground-truth box whose mask fills it."""
+    gt = torch.tensor([gt_box])
+    mask = torch.zeros((1,) + IMAGE_SIZE, dtype=torch.bool)
+    x0, y0, x1, y1 = [int(v) for v in gt_box]
+    mask[0, y0:y1, x0:x1] = True
+    target = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt), gt_classes=torch.tensor([gt_class]),
+                       gt_masks=BitMasks(mask))
+    prop = Instances(IMAGE_SIZE, proposal_boxes=Boxes(torch.tensor(boxes)),
+                     objectness_logits=torch.zeros(len(boxes)))
+    return prop, target
+
+
+def _spy_sampling(heads):
+    """Record the proposals each loop hands to label_and_sample_proposals (before sampling)."""
+    seen = []
+    original = heads.label_and_sample_proposals
+
+    def spy(proposals, targets, **kwargs):
+        seen.append((kwargs["stage"], [copy.deepcopy(p) for p in proposals]))
+        return original(proposals, targets, **kwargs)
+
+    heads.label_and_sample_proposals = spy
+    return seen
+
+
+def test_later_loops_resample_the_previous_loops_regressed_boxes():
+    """A hand-built two-loop example with a known regression: the predictor moves every box right
+    by 0.1 of its width (delta dx = 1 with weights (10, 10, 5, 5)); loop 1's proposals are the
+    loop-0 boxes moved once, loop 2's moved twice, plus the ground truth (not its regression)."""
+    cfg = make_cfg(MASK_INFO_FLOW=False)
+    cfg.MODEL.MASK_ON = False
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64  # all 4 + 1 boxes sampled in every loop
+    heads = build(cfg)
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.weight.zero_()
+        heads.box_predictor.bbox_pred.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    boxes = [[2.0, 4.0, 22.0, 24.0], [10.0, 12.0, 30.0, 40.0], [6.0, 30.0, 16.0, 50.0],
+             [20.0, 20.0, 40.0, 30.0]]
+    prop, target = _one_image(boxes)
+    seen = _spy_sampling(heads)
+    with EventStorage():
+        heads(None, {"p2": make_features()["p2"][:1]}, [prop], [target])
+    assert [stage for stage, _ in seen] == ["loop0", "loop1", "loop2"]
+    for t, (_, props) in enumerate(seen):
+        got = props[0]
+        # hand-decoded: x0 and x1 move by 0.1 w per loop, w unchanged
+        expected = torch.tensor([[x0 + 0.1 * t * (x1 - x0), y0, x1 + 0.1 * t * (x1 - x0), y1]
+                                 for x0, y0, x1, y1 in boxes])
+        ours = got.proposal_boxes.tensor[~got.from_gt]
+        order = torch.argsort(ours[:, 1] * 100 + ours[:, 3])  # the boxes differ in y
+        ref_order = torch.argsort(expected[:, 1] * 100 + expected[:, 3])
+        assert torch.allclose(ours[order], expected[ref_order], atol=1e-4), t
+        assert torch.equal(got.proposal_boxes.tensor[got.from_gt], target.gt_boxes.tensor)
+
+
+def _mask_loss_reference(heads, features, boxes, target):
+    """Detectron2's mask loss of the mask head on the given RoIs, all labelled as ``target``."""
+    from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+
+    boxes = Boxes(torch.tensor(boxes))
+    inst = Instances(IMAGE_SIZE, proposal_boxes=boxes,
+                     gt_classes=target.gt_classes.expand(len(boxes)).clone(),
+                     gt_masks=target.gt_masks[[0] * len(boxes)])
+    x = heads.mask_pooler([features["p2"]], [boxes])
+    return mask_rcnn_loss(heads.mask_head.layers(x), [inst], 0)
+
+
+def test_mask_branch_labels_at_each_loops_threshold():
+    """Proposals of known IoU 0.55, 0.65, 0.75, 0.85, 0.95 inside the one gt box, zero regression:
+    loop t's mask loss is Detectron2's mask loss on exactly the boxes of IoU >= u^t (plus the
+    ground-truth box), times the loop's weight."""
+    thresholds, weights = [0.5, 0.7, 0.9], [1.0, 0.75, 0.5]
+    cfg = make_cfg(IOU_THRESHOLDS=thresholds, LOOP_LOSS_WEIGHTS=weights)
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64  # cap 16 positives: all kept
+    heads = build(cfg)
+    zero_regression(heads)
+    ious = [0.55, 0.65, 0.75, 0.85, 0.95]
+    boxes = [[10.0, 10.0, 50.0, 10.0 + 40.0 * r] for r in ious]  # inside the gt box: IoU = r
+    prop, target = _one_image(boxes)
+    features = {"p2": make_features()["p2"][:1]}
+    with EventStorage():
+        _, losses = heads(None, features, [prop], [target])
+    with torch.no_grad(), EventStorage():
+        for t, (u, w) in enumerate(zip(thresholds, weights)):
+            positives = [b for b, r in zip(boxes, ious) if r >= u] + [[10.0, 10.0, 50.0, 50.0]]
+            expected = w * _mask_loss_reference(heads, features, positives, target)
+            assert torch.allclose(losses[f"loss_mask_loop{t}"], expected, atol=1e-6), t
+
+
+def test_mask_rois_per_loop_never_exceed_the_cap():
+    """40 positives per image, BATCH_SIZE_PER_IMAGE 16 at POSITIVE_FRACTION 0.25: every loop's
+    mask head sees 4 RoIs per image, each a positive of the loop's threshold."""
+    cfg = make_cfg()
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+    heads = build(cfg)
+    zero_regression(heads)
+    g = torch.Generator().manual_seed(8)
+    props, targets = [], []
+    for _ in range(2):
+        r = 0.75 + 0.25 * torch.rand(40, generator=g)  # IoU r >= 0.75 with the gt box
+        prop, target = _one_image([[10.0, 10.0, 50.0, 10.0 + 40.0 * float(v)] for v in r])
+        props.append(prop)
+        targets.append(target)
+    pooled = []
+    heads.mask_pooler.register_forward_hook(
+        lambda m, inputs, out: pooled.append([b.tensor.clone() for b in inputs[1]]))
+    with EventStorage():
+        heads(None, make_features(), props, targets)
+    assert len(pooled) == 3  # one mask pass per loop
+    for boxes_per_image in pooled:
+        for b in boxes_per_image:
+            assert len(b) == 4  # = int(16 * 0.25)
+            iou = (b[:, 3] - b[:, 1]) / 40.0
+            assert (iou >= 0.7 - 1e-6).all()
+
+
 def test_image_without_ground_truth_trains():
     cfg = make_cfg(MASKIOU_ON=True)
     heads = build(cfg)
     with EventStorage():
         _, losses = heads(None, make_features(), make_proposals(), make_targets(with_empty=True))
-    assert "loss_maskiou_loop2" in losses
+    assert "loss_maskiou" in losses
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -272,12 +454,14 @@ def test_one_test_loop_is_the_single_pass_result():
         assert torch.allclose(a.pred_masks, b.pred_masks)
 
 
-def test_test_loops_change_detections_and_follow_the_paper():
-    """2 test loops == an independent re-composition of Detectron2's modules: probabilities
-    averaged over the loops, boxes of the last loop, then Detectron2's NMS."""
-    cfg = make_cfg(NUM_LOOPS_TEST=2, MASK_INFO_FLOW=False)
+@pytest.mark.parametrize("averaging", ["logits", "probs"])
+def test_test_loops_change_detections_and_follow_the_paper(averaging):
+    """2 test loops == an independent re-composition of Detectron2's modules: the loops' class
+    logits averaged then softmaxed (the authors' code) or their probabilities averaged, boxes of the
+    last loop, then Detectron2's NMS; masks from one pass of the mask head on the final boxes."""
+    cfg = make_cfg(NUM_LOOPS_TEST=2, SCORE_AVERAGING=averaging)
     heads = build(cfg)
-    randomize_regression(heads)
+    randomize_regression(heads, scale=0.2)
     std = standard_twin(cfg, heads).eval()
     proposals = make_proposals()
     two = _detections(heads, proposals)
@@ -297,15 +481,55 @@ def test_test_loops_change_detections_and_follow_the_paper():
             props2.append(Instances(IMAGE_SIZE, proposal_boxes=b))
         pred2 = std.box_predictor(std.box_head(std.box_pooler(
             feats, [p.proposal_boxes for p in props2])))
-        probs = [(a + b) / 2 for a, b in zip(torch.softmax(pred1[0], -1).split(20),
-                                             torch.softmax(pred2[0], -1).split(20))]
+        by_logits = torch.softmax((pred1[0] + pred2[0]) / 2, -1).split(20)
+        by_probs = ((torch.softmax(pred1[0], -1) + torch.softmax(pred2[0], -1)) / 2).split(20)
+        probs, other = (by_logits, by_probs) if averaging == "logits" else (by_probs, by_logits)
+        assert (probs[0] - other[0]).abs().max() > 1e-5  # the modes differ beyond the tolerance
         boxes = std.box_predictor.predict_boxes(pred2, props2)
-        ref, _ = fast_rcnn_inference(boxes, probs, [IMAGE_SIZE] * 2, 0.0, 0.5, 100)
+        ref, _ = fast_rcnn_inference(boxes, list(probs), [IMAGE_SIZE] * 2, 0.0, 0.5, 100)
+        ref = std.forward_with_given_boxes({"p2": feats[0]}, ref)  # Detectron2's mask pass
     for a, b in zip(two, ref):
         assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-5)
         assert torch.allclose(a.scores, b.scores, atol=1e-6)
         assert torch.equal(a.pred_classes, b.pred_classes)
-        assert a.pred_masks.shape[1:] == (1, 28, 28)
+        assert torch.allclose(a.pred_masks, b.pred_masks, atol=1e-6)
+
+
+def test_logit_averaging_hand_computed():
+    """Two loops, one RoI, 3 classes + background: logits (2, 0, 0, 0) and (0, 0, 0, 2) average
+    to (1, 0, 0, 1): class-0 score e / (2e + 2) = 0.3655 ("probs" would give 0.4404)."""
+    cfg = make_cfg(NUM_LOOPS_TEST=2, IOU_THRESHOLDS=[0.5, 0.6, 0.7])
+    heads = build(cfg)
+    zero_regression(heads)
+    calls = []
+
+    def fake_box_predictions(features, proposals):
+        logits = torch.tensor([[2.0, 0.0, 0.0, 0.0]]) if not calls else torch.tensor(
+            [[0.0, 0.0, 0.0, 2.0]])
+        calls.append(1)
+        return logits, torch.zeros(1, 4)
+
+    heads._box_predictions = fake_box_predictions
+    prop = Instances(IMAGE_SIZE, proposal_boxes=Boxes(torch.tensor([[8.0, 8.0, 40.0, 40.0]])))
+    heads.eval()
+    with torch.no_grad():
+        out = heads._forward_box_inference(make_features(), [prop])[0]
+    e = math.e
+    expected = {0: e / (2 * e + 2), 1: 1 / (2 * e + 2), 2: 1 / (2 * e + 2)}
+    got = {int(c): float(s) for c, s in zip(out.pred_classes, out.scores)}
+    assert got == pytest.approx(expected, abs=1e-6)
+    heads.score_averaging = "probs"
+    calls.clear()
+    with torch.no_grad():
+        out = heads._forward_box_inference(make_features(), [prop])[0]
+    got = {int(c): float(s) for c, s in zip(out.pred_classes, out.scores)}
+    p2 = 1 / (e * e + 3)  # softmax(2, 0, 0, 0) of a zero logit
+    assert got[0] == pytest.approx((e * e * p2 + p2) / 2, abs=1e-6)
+
+
+def test_score_averaging_must_be_known():
+    with pytest.raises(ValueError, match="SCORE_AVERAGING"):
+        build(make_cfg(SCORE_AVERAGING="mean"))
 
 
 def test_num_loops_test_default_is_training_loops_and_overridable():
@@ -315,30 +539,42 @@ def test_num_loops_test_default_is_training_loops_and_overridable():
                           LOOP_LOSS_WEIGHTS=[1.0, 0.5])).num_loops_test == 2
 
 
+def _flow_chain_logits(heads, x, passes):
+    """An independent chain: pass k gets x + ReLU(conv1x1(features after the convs of pass k-1))."""
+    head, logits, feats = heads.mask_head, [], None
+    for _ in range(passes):
+        h = x
+        if feats is not None:
+            h = x + torch.relu(torch.nn.functional.conv2d(
+                feats, heads.mask_flow_conv.weight, heads.mask_flow_conv.bias))
+        for conv in head.conv_norm_relus:
+            h = conv(h)
+        feats = h
+        logits.append(head.predictor(torch.relu(head.deconv(h))))
+    return logits
+
+
 def test_info_flow_inference_averages_the_loops_mask_logits():
-    cfg = make_cfg(NUM_LOOPS_TEST=3)
+    """With MASK_INFO_FLOW, the predicted masks are the sigmoid of the mean logits of the 3 chained
+    passes on the final boxes, for the predicted class."""
+    cfg = make_cfg(NUM_LOOPS_TEST=3, MASK_INFO_FLOW=True)
     heads = build(cfg)
+    randomize_regression(heads)
     with torch.no_grad():  # make the flow matter
         heads.mask_flow_conv.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
-    heads.eval()
-    x = torch.rand(4, CHANNELS, 14, 14, generator=torch.Generator().manual_seed(6))
-    head = heads.mask_head
+    out = _detections(heads, make_proposals())
+    feats = make_features()
     with torch.no_grad():
-        # independent chain: pass k gets x + ReLU(conv1x1(features after the convs of pass k-1))
-        feats, logits = None, []
-        for _ in range(3):
-            h = x
-            if feats is not None:
-                h = x + torch.relu(torch.nn.functional.conv2d(
-                    feats, heads.mask_flow_conv.weight, heads.mask_flow_conv.bias))
-            for conv in head.conv_norm_relus:
-                h = conv(h)
-            feats = h
-            logits.append(head.predictor(torch.relu(head.deconv(h))))
-        expected = torch.stack(logits).mean(0)
-        got = torch.stack(heads._mask_logits(x, 3)).mean(0)
+        x = heads.mask_pooler([feats["p2"]], [i.pred_boxes for i in out])
+        logits = _flow_chain_logits(heads, x, 3)
+        assert not torch.allclose(logits[0], logits[2], atol=1e-3)
+        mean = torch.stack(logits).mean(0)
+        classes = torch.cat([i.pred_classes for i in out])
+        expected = mean[torch.arange(len(classes)), classes].sigmoid()
+    got = torch.cat([i.pred_masks[:, 0] for i in out])
     assert torch.allclose(got, expected, atol=1e-6)
-    assert not torch.allclose(logits[0], logits[2])
+    last = logits[-1][torch.arange(len(classes)), classes].sigmoid()
+    assert not torch.allclose(got, last, atol=1e-4)  # not the last pass alone
 
 
 def test_box_only_r3cnn():

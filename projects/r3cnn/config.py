@@ -26,33 +26,48 @@ def add_r3cnn_config(cfg: CN) -> None:
     cfg.MODEL.R3CNN.IOU_THRESHOLDS = [0.5, 0.6, 0.7]
     # Weight of each loop's losses (classification, box, mask), as in the authors' configs.
     cfg.MODEL.R3CNN.LOOP_LOSS_WEIGHTS = [1.0, 0.75, 0.5]
-    # HTC's mask information flow: the mask features of loop t-1 enter the mask head of loop t
-    # through a 1x1 conv (needs a MaskRCNNConvUpsampleHead-like mask head). Ignored (no conv
-    # is built) when NUM_LOOPS_TRAIN is 1.
-    cfg.MODEL.R3CNN.MASK_INFO_FLOW = True
+    # The mask branch, as the authors' code trains it (mmdetection branch r3_cnn,
+    # mmdet/models/roi_heads/r3_cnn_roi_head.py): in loop t, the loop's regressed boxes (plus the
+    # ground truth) are re-labelled at u^t and re-sampled; the mask head makes one plain pass on
+    # the positives, at most BATCH_SIZE_PER_IMAGE x POSITIVE_FRACTION per image. True adds HTC's
+    # mask information flow, ours (their HTC flow never runs in training, it gets stage index 0):
+    # loop t runs the mask head t+1 times, each pass receiving the previous pass's mask features
+    # through a trained 1x1 conv, and inference averages the logits of NUM_LOOPS_TEST chained
+    # passes. Costs t+1 mask passes in loop t (6 over 3 loops) and 3 at inference. Ignored (no
+    # conv is built) when NUM_LOOPS_TRAIN is 1.
+    cfg.MODEL.R3CNN.MASK_INFO_FLOW = False
+    # How the loops' classifications merge at inference (Sec. 3, last paragraph: "the mean of the
+    # classification values"): "logits" = softmax of the mean of the loops' class logits (the
+    # authors' code: mean_cls of the cls_score, then get_bboxes' softmax); "probs" = mean of the
+    # loops' softmax probabilities.
+    cfg.MODEL.R3CNN.SCORE_AVERAGING = "logits"
 
     # R^3-CNN-L box head ("R3CNNLightConvHead"): kernel of its convs (the paper's 7x7 convs).
-    # Number and width of the convs are MODEL.ROI_BOX_HEAD.NUM_CONV / CONV_DIM, then
-    # NUM_FC fc layers of FC_DIM after global average pooling.
+    # Their number is MODEL.ROI_BOX_HEAD.NUM_CONV (2; each halves the channels); NUM_FC must be 0.
     cfg.MODEL.R3CNN.LIGHT_HEAD_KERNEL_SIZE = 7
-    # Non-local block (Wang et al.) of the R^3-CNN-L heads: kernel of its theta/phi/g convs
+    # Non-local block (Wang et al.) of the R^3-CNN-L heads: kernel of its theta/phi/g/output convs
     # ("a Non-Local block with incremented kernel size of 7x7") and channel reduction of the
-    # embedding (inner channels = in_channels // reduction).
+    # embedding (C' = in_channels // reduction).
     cfg.MODEL.R3CNN.NONLOCAL_KERNEL_SIZE = 7
     cfg.MODEL.R3CNN.NONLOCAL_REDUCTION = 2
 
     # MaskIoU branch of Mask Scoring R-CNN (R^3-CNN-L): predicts the IoU of each predicted mask
-    # with its ground truth; at inference the mask score is class score x predicted mask IoU.
+    # with its whole ground-truth instance; at inference the mask score is class score x
+    # predicted mask IoU (of the predicted class). Trained in the last loop only.
     cfg.MODEL.R3CNN.MASKIOU_ON = False
-    # Convs (3x3; the last one has stride 2) and their width, then a non-local block.
+    # 3x3 convs (the last one has stride 2) and their width.
     cfg.MODEL.R3CNN.MASKIOU_NUM_CONV = 4
     cfg.MODEL.R3CNN.MASKIOU_CONV_DIM = 256
-    # FC layers after the convs. 0 (R^3-CNN-L's convolutions-only branch): global average pooling
-    # and one linear layer; Mask Scoring R-CNN's own head has 2 FCs of 1024.
-    cfg.MODEL.R3CNN.MASKIOU_NUM_FC = 0
-    cfg.MODEL.R3CNN.MASKIOU_FC_DIM = 1024
-    # Add a non-local block after the MaskIoU convs (the paper's branch "using only convolutions
-    # and Non-Local blocks").
+    # Then 7x7 convs (LIGHT_HEAD_KERNEL_SIZE), each halving the channels (256 -> 128 -> 64), before
+    # the flatten and the one linear layer (the authors' num_fcs=2 "fcs" are these convs).
+    cfg.MODEL.R3CNN.MASKIOU_NUM_LIGHT_CONV = 2
+    # A non-local block after the 3x3 convs and one after the 7x7 convs (the paper's branch "using
+    # only convolutions and Non-Local blocks"; their nl_stages=(True, True)).
     cfg.MODEL.R3CNN.MASKIOU_NONLOCAL = True
-    # Weight of the L2 MaskIoU loss (per loop it is further multiplied by LOOP_LOSS_WEIGHTS).
-    cfg.MODEL.R3CNN.MASKIOU_LOSS_WEIGHT = 1.0
+    # Weight of the MaskIoU L2 loss, on the positives whose target IoU is > 0 (their MSELoss
+    # loss_weight 0.5); not multiplied by LOOP_LOSS_WEIGHTS, as theirs.
+    cfg.MODEL.R3CNN.MASKIOU_LOSS_WEIGHT = 0.5
+    # A mask cell counts as predicted foreground for the MaskIoU target iff its logit exceeds this.
+    # 0.5 as the authors' code (it compares the logits with mask_thr_binary 0.5, i.e. probability
+    # > 0.62); 0.0 is probability > 0.5 (Mask Scoring R-CNN's paper).
+    cfg.MODEL.R3CNN.MASKIOU_LOGIT_THRESH = 0.5

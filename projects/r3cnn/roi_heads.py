@@ -20,7 +20,6 @@ from detectron2.modeling.roi_heads.mask_head import (
     mask_rcnn_inference,
     mask_rcnn_loss,
 )
-from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from d2infra.modeling.box_predictor import PredictorFromConfigMixin
 from imbalance.samplers.roi_heads import RoISamplingMixin
@@ -58,7 +57,9 @@ def check_loop_config(num_loops_train: int, num_loops_test: int, iou_thresholds:
 class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads):
     """Recursively Refined R-CNN (Fig. 1b): one box head + predictor and one mask head, looped.
 
-    Training, loop t = 0 .. NUM_LOOPS_TRAIN-1 (Eq. 1-2):
+    Follows the authors' ``RecRoIHead`` (mmdetection branch r3_cnn,
+    ``mmdet/models/roi_heads/r3_cnn_roi_head.py``). Training, loop t = 0 .. NUM_LOOPS_TRAIN-1
+    (Eq. 1-2):
 
     1. re-label and re-sample the current proposals b^t at the loop's IoU threshold u^t
        (ground truth added in every loop, the boxes regressed from it dropped before the next,
@@ -66,16 +67,20 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
        configured RoI sampler; per-loop IoU histogram and fg:bg logged as ``imbalance/loop{t}``);
     2. pool them, run the one box head and predictor; classification and box losses;
     3. the regressed (class-agnostic) boxes, detached and clipped, are b^{t+1};
-    4. mask branch (HTC-style interleaving): b^{t+1} plus the ground-truth boxes is re-labelled
-       at u^t (no subsampling) and the mask head is trained on its positives; with
-       ``MASK_INFO_FLOW`` the mask head runs t+1 times on these RoIs, each pass receiving the previous pass's mask features through a 1x1 conv (HTC's
-       information flow with one shared head). Optional MaskIoU loss (R^3-CNN-L).
+    4. mask branch (HTC's interleaving, as theirs): b^{t+1} plus the ground-truth boxes is
+       re-labelled at u^t and its positives re-sampled (at most ``BATCH_SIZE_PER_IMAGE x
+       POSITIVE_FRACTION`` per image, drawn at random as their RandomSampler); the mask head
+       makes one plain pass on them. With ``MASK_INFO_FLOW`` (ours, off by default) it runs t+1
+       times, each pass receiving the previous pass's mask features through a 1x1 conv.
+       R^3-CNN-L's MaskIoU loss is computed in the last loop only.
 
-    Every loss of loop t is multiplied by ``LOOP_LOSS_WEIGHTS[t]`` and named ``<loss>_loop{t}``.
+    Every loss of loop t is multiplied by ``LOOP_LOSS_WEIGHTS[t]`` and named ``<loss>_loop{t}``;
+    the MaskIoU loss is ``loss_maskiou``, not multiplied by a loop weight (as theirs).
 
-    Inference: NUM_LOOPS_TEST loops of box head + predictor; class probabilities averaged over the
-    loops (Sec. 3, last paragraph), boxes from the last loop, NMS, then masks on the final boxes
-    (the average of the NUM_LOOPS_TEST passes' mask logits with the information flow).
+    Inference: NUM_LOOPS_TEST loops of box head + predictor; the loops' classifications merged
+    (Sec. 3, last paragraph) by ``SCORE_AVERAGING``: softmax of the mean logits (theirs) or mean of
+    the probabilities; boxes from the last loop, NMS, then one mask pass on the final boxes (with
+    the information flow: the mean logits of NUM_LOOPS_TEST chained passes).
 
     Redefines ``forward`` and ``_forward_mask``; pooling, box head, predictor (built by
     ``MODEL.ROI_BOX_HEAD.PREDICTOR``), mask head and ``forward_with_given_boxes`` are
@@ -91,9 +96,11 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         num_loops_test: int,
         iou_thresholds: Sequence[float],
         loop_loss_weights: Sequence[float],
+        score_averaging: str = "logits",
         mask_flow_conv: Optional[nn.Module] = None,
         maskiou_head: Optional[nn.Module] = None,
-        maskiou_loss_weight: float = 1.0,
+        maskiou_loss_weight: float = 0.5,
+        maskiou_logit_thresh: float = 0.5,
         **kwargs,
     ):
         """
@@ -101,14 +108,20 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
             num_loops_train, num_loops_test: loops L_t and L_e.
             iou_thresholds: u^t of each training loop (Eq. 2).
             loop_loss_weights: weight of each training loop's losses.
+            score_averaging: "logits" (softmax of the loops' mean class logits) or "probs"
+                (mean of the loops' probabilities).
             mask_flow_conv: the 1x1 conv (+ReLU) of the mask information flow, or None for no
                 flow. Needs a ``MaskRCNNConvUpsampleHead`` mask head.
             maskiou_head: a :class:`MaskIoUHead`, or None.
             maskiou_loss_weight: weight of the MaskIoU L2 loss.
+            maskiou_logit_thresh: logit above which a mask cell is foreground (MaskIoU target).
             kwargs: as for ``StandardROIHeads`` (+ ``roi_sampler``).
         """
         super().__init__(**kwargs)
         check_loop_config(num_loops_train, num_loops_test, iou_thresholds, loop_loss_weights)
+        if score_averaging not in ("logits", "probs"):
+            raise ValueError('MODEL.R3CNN.SCORE_AVERAGING must be "logits" or "probs", got '
+                             f"{score_averaging!r}")
         if self.keypoint_on:
             raise ValueError("R3CNNROIHeads does not support keypoints (MODEL.KEYPOINT_ON)")
         if self.mask_on:
@@ -128,9 +141,14 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         # One matcher per loop: Eq. (2), positive iff IoU >= u^t, as Detectron2's RoI matcher.
         self.loop_matchers = [Matcher([u], [0, 1], allow_low_quality_matches=False)
                               for u in self.iou_thresholds]
+        self.score_averaging = score_averaging
         self.mask_flow_conv = mask_flow_conv
         self.maskiou_head = maskiou_head
         self.maskiou_loss_weight = maskiou_loss_weight
+        self.maskiou_logit_thresh = maskiou_logit_thresh
+        # Mask RoIs per image and loop: the positives a sampler of BATCH_SIZE_PER_IMAGE at
+        # POSITIVE_FRACTION may keep (theirs: RandomSampler num=512, pos_fraction=0.25).
+        self.mask_positive_cap = int(self.batch_size_per_image * self.positive_fraction)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -149,7 +167,9 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
             num_loops_test=num_loops_test,
             iou_thresholds=list(r3.IOU_THRESHOLDS),
             loop_loss_weights=list(r3.LOOP_LOSS_WEIGHTS),
+            score_averaging=r3.SCORE_AVERAGING,
             maskiou_loss_weight=r3.MASKIOU_LOSS_WEIGHT,
+            maskiou_logit_thresh=r3.MASKIOU_LOGIT_THRESH,
         )
         if cfg.MODEL.MASK_ON:
             in_channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
@@ -171,7 +191,8 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
                 ret["maskiou_head"] = MaskIoUHead(
                     in_channels, cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, num_classes,
                     num_conv=r3.MASKIOU_NUM_CONV, conv_dim=r3.MASKIOU_CONV_DIM,
-                    num_fc=r3.MASKIOU_NUM_FC, fc_dim=r3.MASKIOU_FC_DIM,
+                    num_light_conv=r3.MASKIOU_NUM_LIGHT_CONV,
+                    light_kernel_size=r3.LIGHT_HEAD_KERNEL_SIZE,
                     use_nonlocal=r3.MASKIOU_NONLOCAL,
                     nonlocal_kernel_size=r3.NONLOCAL_KERNEL_SIZE,
                     nonlocal_reduction=r3.NONLOCAL_REDUCTION)
@@ -192,7 +213,7 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         Returns:
             In training: the last loop's sampled proposals and the dict of losses
             ``loss_cls_loop{t}``, ``loss_box_reg_loop{t}`` (and the predictor's other keys),
-            ``loss_mask_loop{t}``, ``loss_maskiou_loop{t}``, each weighted by its loop's weight.
+            ``loss_mask_loop{t}``, each weighted by its loop's weight, and ``loss_maskiou``.
             In inference: the detections (``pred_boxes``, ``scores``, ``pred_classes``,
             ``pred_masks`` and, with MaskIoU, ``pred_maskiou`` and ``mask_scores``), and ``{}``.
         """
@@ -284,10 +305,29 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
             prop.gt_classes = gt_classes
         return proposals
 
+    @torch.no_grad()
+    def _mask_training_rois(self, refined: List[Instances], targets: List[Instances],
+                            matcher: Matcher) -> List[Instances]:
+        """The mask branch's RoIs of one loop: the loop's regressed boxes plus the ground truth,
+        labelled at the loop's threshold, and at most ``mask_positive_cap`` of their positives
+        per image, drawn at random (the authors re-assign and re-sample the refined boxes with
+        the loop's assigner and RandomSampler, then train the mask on the sampled positives)."""
+        rois = self._append_gt(refined, targets) if self.proposal_append_gt else refined
+        rois = self._label_boxes(
+            [Instances(p.image_size, proposal_boxes=p.proposal_boxes) for p in rois],
+            targets, matcher)
+        out = []
+        for r in rois:
+            fg = torch.nonzero((r.gt_classes >= 0) & (r.gt_classes != self.num_classes)).squeeze(1)
+            keep = torch.randperm(fg.numel(), device=fg.device)[:self.mask_positive_cap]
+            out.append(r[fg[keep]])
+        return out
+
     def _forward_train(self, features: Dict[str, torch.Tensor], proposals: List[Instances],
                        targets: List[Instances]):
         box_features = [features[f] for f in self.box_in_features]
         losses: Dict[str, torch.Tensor] = {}
+        last = self.num_loops_train - 1
         for t in range(self.num_loops_train):
             matcher = self.loop_matchers[t]
             if self.proposal_append_gt:
@@ -300,14 +340,13 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
             with torch.no_grad():
                 refined = self._refined_proposals(predictions, proposals)
             if self.mask_on:
-                # HTC interleaving: the mask head learns on the refined boxes, re-labelled at u^t.
-                mask_rois = refined
-                if self.proposal_append_gt:
-                    mask_rois = self._append_gt(mask_rois, targets)
-                mask_rois = self._label_boxes(
-                    [Instances(p.image_size, proposal_boxes=p.proposal_boxes) for p in mask_rois],
-                    targets, matcher)
-                loop_losses.update(self._forward_mask_train(features, mask_rois, num_passes=t + 1))
+                # HTC interleaving: the mask head learns on the refined boxes, re-sampled at u^t.
+                mask_rois = self._mask_training_rois(refined, targets, matcher)
+                mask_losses = self._forward_mask_train(features, mask_rois, num_passes=t + 1,
+                                                       with_maskiou=t == last)
+                if "loss_maskiou" in mask_losses:  # last loop only, not loop-weighted (theirs)
+                    losses["loss_maskiou"] = mask_losses.pop("loss_maskiou")
+                loop_losses.update(mask_losses)
             weight = self.loop_loss_weights[t]
             losses.update({f"{k}_loop{t}": v * weight for k, v in loop_losses.items()})
             last_sampled, proposals = proposals, refined
@@ -315,21 +354,28 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
 
     def _forward_box_inference(self, features: Dict[str, torch.Tensor],
                                proposals: List[Instances]) -> List[Instances]:
-        """NUM_LOOPS_TEST loops; mean class probabilities, boxes of the last loop, then NMS."""
+        """NUM_LOOPS_TEST loops; merged classification (``SCORE_AVERAGING``), boxes of the last
+        loop, then NMS."""
         box_features = [features[f] for f in self.box_in_features]
-        probs_sum = None
+        merged = None
         for t in range(self.num_loops_test):
             predictions = self._box_predictions(box_features, proposals)
-            probs = self.box_predictor.predict_probs(predictions, proposals)
-            probs_sum = list(probs) if probs_sum is None else [
-                a + b for a, b in zip(probs_sum, probs)]
+            if self.score_averaging == "logits":  # theirs: mean of the cls_score logits
+                scores = predictions[0]
+            else:
+                scores = cat(self.box_predictor.predict_probs(predictions, proposals))
+            merged = scores if merged is None else merged + scores
             if t < self.num_loops_test - 1:
                 proposals = self._refined_proposals(predictions, proposals)
+        merged = merged / self.num_loops_test
         boxes = self.box_predictor.predict_boxes(predictions, proposals)
-        scores = [p / self.num_loops_test for p in probs_sum]
+        if self.score_averaging == "logits":  # softmax (the predictor's) of the mean logits
+            probs = self.box_predictor.predict_probs((merged,) + tuple(predictions[1:]), proposals)
+        else:
+            probs = merged.split([len(p) for p in proposals])
         predictor = self.box_predictor
         instances, _ = fast_rcnn_inference(
-            boxes, scores, [p.image_size for p in proposals], predictor.test_score_thresh,
+            boxes, probs, [p.image_size for p in proposals], predictor.test_score_thresh,
             predictor.test_nms_thresh, predictor.test_topk_per_image)
         return instances
 
@@ -363,56 +409,63 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         return logits
 
     def _forward_mask_train(self, features: Dict[str, torch.Tensor], instances: List[Instances],
-                            num_passes: int) -> Dict[str, torch.Tensor]:
-        """Mask (and MaskIoU) loss of one loop on the positives of ``instances``."""
-        instances, _ = select_foreground_proposals(instances, self.num_classes)
+                            num_passes: int, with_maskiou: bool) -> Dict[str, torch.Tensor]:
+        """Mask loss of one loop on ``instances`` (the loop's sampled positives), and the
+        MaskIoU loss if ``with_maskiou`` and the branch is on."""
         x = self.mask_pooler([features[f] for f in self.mask_in_features],
                              [i.proposal_boxes for i in instances])
         logits = self._mask_logits(x, num_passes)[-1]
         losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.mask_head.vis_period)
                   * self.mask_head.loss_weight}
-        if self.maskiou_head is not None:
+        if with_maskiou and self.maskiou_head is not None:
             losses["loss_maskiou"] = self._maskiou_loss(x, logits, instances)
         return losses
 
-    def _class_mask_probs(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """(R, M, M) probabilities of each RoI's class (or of the class-agnostic mask)."""
+    def _class_mask_logits(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(R, M, M) logits of each RoI's class (or of the class-agnostic mask)."""
         if logits.shape[1] == 1:
-            return logits[:, 0].sigmoid()
-        return logits[torch.arange(len(classes), device=logits.device), classes].sigmoid()
+            return logits[:, 0]
+        return logits[torch.arange(len(classes), device=logits.device), classes]
+
+    def _maskiou_of_class(self, x: torch.Tensor, class_logits: torch.Tensor,
+                          classes: torch.Tensor) -> torch.Tensor:
+        """The MaskIoU head's prediction for each RoI's class ``classes`` (R,)."""
+        pred = self.maskiou_head(x, class_logits)
+        idx = classes if pred.shape[1] > 1 else torch.zeros_like(classes)
+        return pred[torch.arange(len(idx), device=pred.device), idx]
 
     def _maskiou_loss(self, x: torch.Tensor, logits: torch.Tensor,
                       instances: List[Instances]) -> torch.Tensor:
-        """Mask Scoring R-CNN's L2 loss between predicted and actual mask IoU, ground-truth class."""
+        """Mask Scoring R-CNN's L2 loss between predicted and target mask IoU (ground-truth
+        class), on the positives whose target is > 0, times ``MASKIOU_LOSS_WEIGHT``. As theirs
+        (``FCCMaskIoUHead.loss``), the mask logits enter the MaskIoU head undetached."""
         gt_classes = (cat([i.gt_classes for i in instances]) if instances
                       else torch.zeros(0, dtype=torch.int64, device=x.device))
-        mask_probs = self._class_mask_probs(logits, gt_classes).detach()
-        pred = self.maskiou_head(x, mask_probs[:, None])
-        if len(gt_classes) == 0:
-            return pred.sum() * 0.0
-        idx = gt_classes if pred.shape[1] > 1 else torch.zeros_like(gt_classes)
-        pred_iou = pred[torch.arange(len(idx), device=pred.device), idx]
-        target = mask_iou_targets(mask_probs, instances)
-        return F.mse_loss(pred_iou, target, reduction="mean") * self.maskiou_loss_weight
+        class_logits = self._class_mask_logits(logits, gt_classes)
+        pred_iou = self._maskiou_of_class(x, class_logits, gt_classes)
+        target = mask_iou_targets(class_logits.detach(), instances, self.maskiou_logit_thresh)
+        positive = target > 0
+        if not positive.any():
+            return pred_iou.sum() * 0.0
+        return F.mse_loss(pred_iou[positive], target[positive]) * self.maskiou_loss_weight
 
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
-        """Inference: masks on the final boxes, the mean of the loops' mask logits with the
-        information flow (without it every loop would give the same logits: one pass).
-        With MaskIoU, ``pred_maskiou`` and ``mask_scores = scores * pred_maskiou`` are added.
-        (Training goes through ``_forward_mask_train``.)"""
+        """Inference: masks on the final boxes, one pass of the mask head (with the information
+        flow: the mean of NUM_LOOPS_TEST chained passes' logits). With MaskIoU, ``pred_maskiou``
+        (the head's output for the predicted class, from the last pass's mask, as theirs) and
+        ``mask_scores = scores * pred_maskiou`` are added. (Training: ``_forward_mask_train``.)"""
         if not self.mask_on:
             return instances
         x = self.mask_pooler([features[f] for f in self.mask_in_features],
                              [i.pred_boxes for i in instances])
-        logits = self._mask_logits(x, self.num_loops_test)
-        logits = torch.stack(logits).mean(dim=0) if len(logits) > 1 else logits[0]
+        passes = self._mask_logits(x, self.num_loops_test)
+        logits = torch.stack(passes).mean(dim=0) if len(passes) > 1 else passes[0]
         mask_rcnn_inference(logits, instances)
         if self.maskiou_head is not None:
             classes = (cat([i.pred_classes for i in instances]) if instances
                        else torch.zeros(0, dtype=torch.int64, device=x.device))
-            pred = self.maskiou_head(x, self._class_mask_probs(logits, classes)[:, None])
-            idx = classes if pred.shape[1] > 1 else torch.zeros_like(classes)
-            maskiou = pred[torch.arange(len(idx), device=pred.device), idx].clamp(0.0, 1.0)
+            maskiou = self._maskiou_of_class(x, self._class_mask_logits(passes[-1], classes),
+                                             classes)
             for inst, iou in zip(instances, maskiou.split([len(i) for i in instances])):
                 inst.pred_maskiou = iou
                 inst.mask_scores = inst.scores * iou
