@@ -11,7 +11,7 @@ Every project's config is added, so any config of ``configs/`` runs from here.
 import logging
 import os
 import weakref
-from typing import List
+from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -64,6 +64,48 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def state_dict(self) -> dict:
+        """The checkpoint's ``trainer`` entry: Detectron2 v0.6's (iteration, hooks' states such as
+        the LR scheduler's) plus the optimizer's state (SGD's momentum buffers). v0.6's
+        DefaultTrainer leaves the optimizer out, so --resume restarted the momentum from zero;
+        Detectron2 after v0.6 saves it under the same key (engine/defaults.py, DefaultTrainer)."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # absent from checkpoints written before the optimizer was
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Detectron2 main's layout under either Detectron2: the iteration and the hooks' states
+        (LR scheduler), plus ``_trainer``, the inner trainer's state (optimizer, AMP grad scaler).
+        v0.6's ``DefaultTrainer`` leaves ``_trainer`` out, so its checkpoints resume with a fresh
+        optimizer (momentum restarts from zero)."""
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Resume from a checkpoint of either layout (:func:`upgrade_trainer_state`). Detectron2
+        main's own ``load_state_dict`` fails on a v0.6 checkpoint with ``KeyError: '_trainer'``."""
+        state = upgrade_trainer_state(state_dict, self._trainer.state_dict())
+        if state is not state_dict:
+            logger.warning(
+                "Resuming from a checkpoint without optimizer state (written by Detectron2 v0.6's "
+                "DefaultTrainer, whose state_dict has no '_trainer'): iteration %d and the LR "
+                "schedule are restored; the optimizer starts afresh (momentum from zero).",
+                state["iteration"])
+        TrainerBase.load_state_dict(self, state)
+        try:
+            self._trainer.load_state_dict(state["_trainer"])
+        except (KeyError, ValueError) as e:
+            raise ValueError(
+                f"the checkpoint's optimizer state does not fit this model's optimizer ({e}); "
+                "was the config changed since it was written? To start a new training from its "
+                "weights, drop --resume and set MODEL.WEIGHTS") from e
+
     def build_hooks(self):
         """Detectron2's hooks, plus the one that totals the imbalance diagnostics between writes."""
         return insert_imbalance_stats_hook(super().build_hooks())
@@ -89,6 +131,21 @@ class Trainer(DefaultTrainer):
                                   output_folder, distributed=True, use_fast_impl=False),
             build_localization_evaluator(cfg, dataset_name, output_folder),
         ])
+
+
+def upgrade_trainer_state(state: Dict[str, Any], fresh_inner: Dict[str, Any]) -> Dict[str, Any]:
+    """A trainer state in Detectron2 main's layout (``DefaultTrainer.state_dict``, which adds
+    ``_trainer``: the inner SimpleTrainer/AMPTrainer's ``iteration``, ``hooks`` and ``optimizer``
+    state). ``state`` itself if it has ``_trainer``; for v0.6's layout (``iteration`` and
+    ``hooks`` only), a copy whose ``_trainer`` is ``fresh_inner``, the inner trainer's current
+    (untrained) state, so loading it leaves the optimizer as it is."""
+    if not isinstance(state, dict) or "iteration" not in state:
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"not a Detectron2 trainer state (no 'iteration'; got {keys})")
+    if "_trainer" in state:
+        return state
+    inner = dict(fresh_inner, iteration=state["iteration"])
+    return dict(state, _trainer=inner)
 
 
 def build_cfg(config_file: str, opts: List[str]) -> CfgNode:
