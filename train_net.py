@@ -64,20 +64,6 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    def state_dict(self) -> dict:
-        """The checkpoint's ``trainer`` entry: Detectron2 v0.6's (iteration, hooks' states such as
-        the LR scheduler's) plus the optimizer's state (SGD's momentum buffers). v0.6's
-        DefaultTrainer leaves the optimizer out, so --resume restarted the momentum from zero;
-        Detectron2 after v0.6 saves it under the same key (engine/defaults.py, DefaultTrainer)."""
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:  # absent from checkpoints written before the optimizer was
-            self._trainer.load_state_dict(state_dict["_trainer"])
-
     def state_dict(self) -> Dict[str, Any]:
         """Detectron2 main's layout under either Detectron2: the iteration and the hooks' states
         (LR scheduler), plus ``_trainer``, the inner trainer's state (optimizer, AMP grad scaler).
