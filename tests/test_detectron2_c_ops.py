@@ -1,15 +1,19 @@
 """Tests of ``d2infra/ops/detectron2_c.py``, the PyTorch replacement of ``detectron2._C``.
 
-The installed ``detectron2._C`` must be byte-identical to the repository file (read by path, not
-imported through the ``imbalance`` package, so these tests do not depend on the rest of it). The
-ops are exercised through Detectron2's public layers, each against an independent reference:
-torchvision's ops, ordinary convolution, hand-computed geometry, or Detectron2's axis-aligned IoU.
+The tests run OUR module, imported by its path in our package (``d2infra.ops.detectron2_c``), so
+they also run where Detectron2 was built from source with its compiled ``_C`` (scripts/test.sh's
+Detectron2-main leg). Under the default v0.6 install, the installed ``detectron2._C`` must be
+byte-identical to the repository file. Each op is checked against an independent reference:
+torchvision's ops, ordinary convolution, hand-computed geometry, Detectron2's axis-aligned IoU,
+and, where it is installed, Detectron2's compiled op. The deformable convolutions and the batched
+rotated NMS run through Detectron2's own Python callers, pointed at our module.
 
 Detectron2's deformable-conv layers only call ``_C`` for CUDA tensors (on CPU they raise or
 bypass it). To drive that code path on a CPU-only machine, the inputs are wrapped in
 ``_CudaPath``, a tensor subclass whose ``is_cuda`` is True while its data stays on the CPU; on a
 machine with CUDA the same tests also run on real CUDA tensors.
 """
+import importlib
 import importlib.util
 import math
 from pathlib import Path
@@ -20,18 +24,25 @@ import torch.nn.functional as F
 from torchvision.ops import deform_conv2d, nms, roi_align
 
 import detectron2._C as installed_C
-from detectron2.layers import (
-    DeformConv,
-    ModulatedDeformConv,
-    ROIAlignRotated,
-    batched_nms_rotated,
-    nms_rotated,
-)
-from detectron2.layers.rotated_boxes import pairwise_iou_rotated
-from detectron2.structures import Boxes, RotatedBoxes, pairwise_iou
-from detectron2.structures.rotated_boxes import pairwise_iou as pairwise_iou_rot
+from d2infra.ops import detectron2_c as ours
+from detectron2.layers import DeformConv, ModulatedDeformConv, batched_nms_rotated
+from detectron2.structures import Boxes, pairwise_iou
 
 REPO_OPS = Path(__file__).resolve().parents[1] / "projects/d2infra/ops/detectron2_c.py"
+COMPILED = not installed_C.__file__.endswith(".py")  # Detectron2 built from source
+needs_compiled = pytest.mark.skipif(
+    not COMPILED, reason="compares with Detectron2's compiled _C, which this install lacks"
+)
+
+
+@pytest.fixture(autouse=True)
+def _detectron2_calls_ours(monkeypatch):
+    """Detectron2's Python callers of ``_C`` (deformable convolution, batched rotated NMS) call
+    our module, whichever ``detectron2._C`` is installed."""
+    # (detectron2.layers.nms is also the name of a function: import the modules by name.)
+    monkeypatch.setattr(importlib.import_module("detectron2.layers.deform_conv"), "_C", ours)
+    monkeypatch.setattr(importlib.import_module("detectron2.layers.nms"), "nms_rotated",
+                        ours.nms_rotated)
 
 
 class _CudaPath(torch.Tensor):
@@ -56,6 +67,7 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Installed copy, build info, fast COCOeval
 # --------------------------------------------------------------------------------------------
+@pytest.mark.skipif(COMPILED, reason="Detectron2's compiled _C is installed (built from source)")
 def test_installed_C_is_this_file():
     assert installed_C.__file__.endswith("_C.py"), installed_C.__file__
     assert Path(installed_C.__file__).read_bytes() == REPO_OPS.read_bytes(), (
@@ -64,9 +76,9 @@ def test_installed_C_is_this_file():
 
 
 def test_build_info_is_honest():
-    assert "no compiled extension" in installed_C.get_compiler_version()
-    assert "no compiled extension" in installed_C.get_cuda_version()
-    assert installed_C.has_cuda() is False
+    assert "no compiled extension" in ours.get_compiler_version()
+    assert "no compiled extension" in ours.get_cuda_version()
+    assert ours.has_cuda() is False
 
 
 @pytest.mark.parametrize(
@@ -74,15 +86,15 @@ def test_build_info_is_honest():
 )
 def test_fast_coco_eval_raises_naming_the_feature(name):
     with pytest.raises(RuntimeError, match=r"fast COCO evaluation.*use_fast_impl=False"):
-        getattr(installed_C, name)(0, 1.0, 2.0, False, False)
+        getattr(ours, name)(0, 1.0, 2.0, False, False)
 
 
-def test_nms_rotated_registration_survives_another_import():
-    # A third copy of the module (under another name) must not re-register the op.
+def test_ops_registration_survives_another_import():
+    # A third copy of the module (under another name) must not re-register the ops.
     spec = importlib.util.spec_from_file_location("_d2c_third_copy", REPO_OPS)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod._NMS_LIBRARY is None
+    assert mod._OPS_LIBRARY is None
     boxes = torch.tensor([[0.0, 0, 2, 2, 0], [0.1, 0, 2, 2, 0]])
     keep = torch.ops.detectron2.nms_rotated(boxes, torch.tensor([0.5, 0.9]), 0.5)
     assert keep.tolist() == [1]
@@ -203,7 +215,7 @@ def test_deform_conv_backward_filter_applies_scale():
     _, (_, _, _, rw, _) = _torchvision_reference(x, offset, None, weight, None, grad_out, cfg)
     gw = torch.zeros_like(weight)
     (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
-    installed_C.deform_conv_backward_filter(
+    ours.deform_conv_backward_filter(
         x, offset, grad_out, gw, x.new_empty(0), x.new_empty(0), 2, 3, sw, sh, pw, ph, dw, dh,
         cfg["groups"], cfg["deformable_groups"], 0.5, 1,
     )
@@ -215,7 +227,7 @@ def test_deform_conv_rejects_inconsistent_groups():
     out = x.new_empty(0)
     with pytest.raises(ValueError, match="offset"):
         # kW, kH, dW, dH, padW, padH, dilW, dilH, group=2, deformable_group=1 (offset has 2)
-        installed_C.deform_conv_forward(
+        ours.deform_conv_forward(
             x, weight, offset, out, out, out, 2, 3, 1, 2, 1, 2, 2, 1, 2, 1, 1
         )
 
@@ -224,7 +236,7 @@ def test_deform_conv_rejects_inconsistent_groups():
 # Rotated box IoU
 # --------------------------------------------------------------------------------------------
 def _iou(a, b) -> float:
-    return pairwise_iou_rotated(torch.tensor([a], dtype=torch.float32),
+    return ours.box_iou_rotated(torch.tensor([a], dtype=torch.float32),
                                 torch.tensor([b], dtype=torch.float32)).item()
 
 
@@ -275,9 +287,9 @@ def test_box_iou_rotated_is_rotation_invariant():
         y[:, 4] = x[:, 4] + math.degrees(phi)
         return y
 
-    iou = pairwise_iou_rotated(a, b)
+    iou = ours.box_iou_rotated(a, b)
     assert (iou > 0).sum() > 20  # the case has real overlaps
-    torch.testing.assert_close(pairwise_iou_rotated(turn(a), turn(b)), iou, rtol=0, atol=1e-9)
+    torch.testing.assert_close(ours.box_iou_rotated(turn(a), turn(b)), iou, rtol=0, atol=1e-9)
 
 
 def test_box_iou_rotated_at_angle_zero_equals_axis_aligned_iou():
@@ -288,7 +300,7 @@ def test_box_iou_rotated_at_angle_zero_equals_axis_aligned_iou():
     wh[:3] = wh[5:8]
     rot = torch.cat([xy, wh, torch.zeros(40, 1)], 1)
     xyxy = torch.cat([xy - wh / 2, xy + wh / 2], 1)
-    got = pairwise_iou_rot(RotatedBoxes(rot[:25]), RotatedBoxes(rot[10:]))
+    got = ours.box_iou_rotated(rot[:25], rot[10:])
     ref = pairwise_iou(Boxes(xyxy[:25]), Boxes(xyxy[10:]))
     assert (ref > 0).sum() > 30
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
@@ -296,7 +308,7 @@ def test_box_iou_rotated_at_angle_zero_equals_axis_aligned_iou():
 
 
 def test_box_iou_rotated_empty():
-    assert pairwise_iou_rotated(torch.zeros(0, 5), torch.zeros(3, 5)).shape == (0, 3)
+    assert ours.box_iou_rotated(torch.zeros(0, 5), torch.zeros(3, 5)).shape == (0, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +324,7 @@ def test_nms_rotated_at_angle_zero_equals_torchvision_nms():
     for thr in (0.3, 0.5, 0.7):
         ref = nms(xyxy, scores, thr)
         assert 20 < len(ref) < 200
-        got = nms_rotated(rot, scores, thr)
+        got = ours.nms_rotated(rot, scores, thr)
         assert got.dtype == torch.int64
         assert got.tolist() == ref.tolist()
 
@@ -326,20 +338,43 @@ def test_nms_rotated_hand_built_case():
     ])
     scores = torch.tensor([0.9, 0.8, 0.85, 0.1])
     assert _iou(boxes[0].tolist(), boxes[1].tolist()) == pytest.approx(1 / 7, abs=1e-6)
-    assert nms_rotated(boxes, scores, 0.5).tolist() == [0, 1, 3]
+    assert ours.nms_rotated(boxes, scores, 0.5).tolist() == [0, 1, 3]
     # 0 and 1 (identical if the angles were ignored) overlap with IoU 1/7 only.
-    assert nms_rotated(boxes, scores, 0.15).tolist() == [0, 1, 3]
-    assert nms_rotated(boxes, scores, 0.13).tolist() == [0, 3]
+    assert ours.nms_rotated(boxes, scores, 0.15).tolist() == [0, 1, 3]
+    assert ours.nms_rotated(boxes, scores, 0.13).tolist() == [0, 3]
     # Per class: the same box in two classes is kept twice.
     two = torch.cat([boxes[:1], boxes[:1]])
     keep = batched_nms_rotated(two, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5)
     assert sorted(keep.tolist()) == [0, 1]
-    assert nms_rotated(torch.zeros(0, 5), torch.zeros(0), 0.5).shape == (0,)
+    assert ours.nms_rotated(torch.zeros(0, 5), torch.zeros(0), 0.5).shape == (0,)
 
 
 # --------------------------------------------------------------------------------------------
 # ROIAlignRotated
 # --------------------------------------------------------------------------------------------
+class _OursROIAlignRotated(torch.autograd.Function):
+    """Our forward/backward entry points, called as Detectron2's ``_ROIAlignRotated`` calls them
+    (``layers/roi_align_rotated.py``: v0.6 through ``_C``, main through ``torch.ops``)."""
+
+    @staticmethod
+    def forward(ctx, x, rois, output_size, spatial_scale, sampling_ratio):
+        ctx.save_for_backward(rois)
+        ctx.args = (output_size, spatial_scale, sampling_ratio, x.shape)
+        return ours.roi_align_rotated_forward(x, rois, spatial_scale, *output_size, sampling_ratio)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        (ph, pw), spatial_scale, sampling_ratio, (n, c, h, w) = ctx.args
+        g = ours.roi_align_rotated_backward(grad, rois, spatial_scale, ph, pw, n, c, h, w,
+                                            sampling_ratio)
+        return g, None, None, None, None
+
+
+def _roi_align_rotated(x, rois, output_size, spatial_scale, sampling_ratio):
+    return _OursROIAlignRotated.apply(x, rois, output_size, spatial_scale, sampling_ratio)
+
+
 def _random_rois(g, n_img, k, h, w):
     ctr = torch.rand(k, 2, generator=g) * torch.tensor([w, h]) * 2  # image coords (scale 0.5)
     size = torch.rand(k, 2, generator=g) * 12 + 0.5
@@ -358,7 +393,7 @@ def test_roi_align_rotated_at_angle_zero_equals_roi_align(sampling_ratio):
     grad = torch.randn(12, c, 3, 4, generator=g, dtype=torch.float64)
 
     xa = x.clone().requires_grad_()
-    out = ROIAlignRotated((3, 4), 0.5, sampling_ratio)(xa, rois_rot)
+    out = _roi_align_rotated(xa, rois_rot, (3, 4), 0.5, sampling_ratio)
     (gx,) = torch.autograd.grad(out, xa, grad)
     xb = x.clone().requires_grad_()
     ref = roi_align(xb, rois_xyxy, (3, 4), 0.5, sampling_ratio, aligned=True)
@@ -379,24 +414,93 @@ def test_roi_align_rotated_quarter_turn_equals_roi_align_on_turned_image():
     cx, cy, rw, rh = rois[:, 1], rois[:, 2], rois[:, 3], rois[:, 4]
     ncx, ncy = h - cy, cx
     boxes = torch.stack([rois[:, 0], ncx - rw / 2, ncy - rh / 2, ncx + rw / 2, ncy + rh / 2], 1)
-    out = ROIAlignRotated((4, 3), 1.0, 2)(x, rois)
+    out = _roi_align_rotated(x, rois, (4, 3), 1.0, 2)
     ref = roi_align(turned, boxes, (4, 3), 1.0, 2, aligned=True)
     torch.testing.assert_close(out, ref)
 
 
 def test_roi_align_rotated_gradcheck():
-    from detectron2.layers import roi_align_rotated
-
     g = torch.Generator().manual_seed(10)
     x = torch.randn(2, 1, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 3.1, 2.4, 3.3, 2.2, 30.0], [1, 2.0, 3.0, 4.5, 1.7, -65.0]],
                         dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda t: roi_align_rotated(t, rois, (2, 3), 1.0, 0), (x,), eps=1e-6, atol=1e-5
+        lambda t: _roi_align_rotated(t, rois, (2, 3), 1.0, 0), (x,), eps=1e-6, atol=1e-5
     )
 
 
 def test_roi_align_rotated_empty_rois():
     x = torch.randn(1, 3, 5, 5)
-    out = ROIAlignRotated((2, 2), 1.0, 0)(x, torch.zeros(0, 6))
+    out = _roi_align_rotated(x, torch.zeros(0, 6), (2, 2), 1.0, 0)
     assert out.shape == (0, 3, 2, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# The operators Detectron2 main calls (torch.ops.detectron2.*), and the compiled ops
+# --------------------------------------------------------------------------------------------
+def test_rotated_operators_are_registered_with_detectron2s_schemas():
+    # Detectron2 main calls all four rotated ops as torch.ops.detectron2.<name> (v0.6 only
+    # nms_rotated): ours under the default install, Detectron2's compiled ops when built from
+    # source. Both must give the hand-computed values.
+    sq = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]])
+    others = torch.tensor([[1.0, 0.0, 2.0, 2.0, 0.0], [0.0, 0.0, 2.0, 2.0, 45.0]])
+    iou = torch.ops.detectron2.box_iou_rotated(sq, others)
+    torch.testing.assert_close(iou, torch.tensor([[1 / 3, 1 / math.sqrt(2)]]), atol=1e-5, rtol=0)
+    # A 2x2 RoI centred at (1.5, 1.5), angle 0, one bin, 2x2 samples: with the half-pixel offset
+    # the samples sit at pixel coordinates (y, x) in {0.5, 1.5}^2. On the ramp x[r, c] = 4 r + c,
+    # bilinear sampling is exact, so the bin is the ramp at the mean sample (1, 1): 5.
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    rois = torch.tensor([[0.0, 1.5, 1.5, 2.0, 2.0, 0.0]])
+    out = torch.ops.detectron2.roi_align_rotated_forward(x, rois, 1.0, 1, 1, 2)
+    torch.testing.assert_close(out, torch.tensor([[[[5.0]]]]))
+    # Backward of a unit gradient: each sample (weight 1/4) splits half-half between pixels 0, 1
+    # (at 0.5) or 1, 2 (at 1.5) along each axis -> per axis (1/4, 1/2, 1/4, 0), outer product.
+    grad = torch.ops.detectron2.roi_align_rotated_backward(
+        torch.ones(1, 1, 1, 1), rois, 1.0, 1, 1, 1, 1, 4, 4, 2
+    )
+    axis = torch.tensor([0.25, 0.5, 0.25, 0.0])
+    torch.testing.assert_close(grad, (axis[:, None] * axis[None, :]).reshape(1, 1, 4, 4))
+    keep = torch.ops.detectron2.nms_rotated(torch.cat([sq, others]), torch.tensor([0.9, 0.8, 0.7]),
+                                            0.5)
+    assert keep.tolist() == [0, 1]
+
+
+def _random_rotated(g, k, spread=12.0):
+    xy = torch.rand(k, 2, generator=g) * spread
+    wh = torch.rand(k, 2, generator=g) * 6 + 0.5
+    angle = torch.rand(k, 1, generator=g) * 360 - 180
+    return torch.cat([xy, wh, angle], 1)
+
+
+@needs_compiled
+def test_box_iou_rotated_and_nms_match_detectron2s_compiled_ops():
+    g = torch.Generator().manual_seed(11)
+    a, b = _random_rotated(g, 60), _random_rotated(g, 50)
+    ref = torch.ops.detectron2.box_iou_rotated(a, b)
+    assert (ref > 0.05).sum() > 100
+    torch.testing.assert_close(ours.box_iou_rotated(a, b), ref, rtol=0, atol=1e-4)
+    scores = torch.rand(60, generator=g)
+    for thr in (0.3, 0.5, 0.7):
+        assert ours.nms_rotated(a, scores, thr).tolist() == (
+            torch.ops.detectron2.nms_rotated(a, scores, thr).tolist()
+        )
+
+
+@needs_compiled
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_roi_align_rotated_matches_detectron2s_compiled_op(sampling_ratio):
+    g = torch.Generator().manual_seed(12)
+    n, c, h, w = 2, 3, 10, 12
+    x = torch.randn(n, c, h, w, generator=g)
+    idx, ctr, size = _random_rois(g, n, 10, h, w)
+    angle = torch.rand(10, 1, generator=g) * 360 - 180
+    rois = torch.cat([idx, ctr, size, angle], 1)
+    args = (0.5, 3, 4)
+    ref = torch.ops.detectron2.roi_align_rotated_forward(x, rois, *args, sampling_ratio)
+    got = ours.roi_align_rotated_forward(x, rois, *args, sampling_ratio)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    grad = torch.randn(10, c, 3, 4, generator=g)
+    ref_g = torch.ops.detectron2.roi_align_rotated_backward(grad, rois, *args, n, c, h, w,
+                                                            sampling_ratio)
+    got_g = ours.roi_align_rotated_backward(grad, rois, *args, n, c, h, w, sampling_ratio)
+    torch.testing.assert_close(got_g, ref_g, rtol=1e-4, atol=1e-5)

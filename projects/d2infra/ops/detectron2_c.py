@@ -10,11 +10,12 @@ call signatures Detectron2's Python callers use. The same file is also importabl
 ``d2infra.ops.detectron2_c`` (which is what the tests compare the installed copy against).
 
 Because it is copied verbatim into another package, the file is **self-contained**: it imports only
-``torch``, ``torchvision``, ``math``, ``numpy`` and ``typing`` -- no relative imports, nothing from
-``d2infra`` or ``detectron2``. Everything is written with tensor operations on the inputs'
-device, so the ops run on CPU and CUDA alike.
+``torch``, ``torchvision``, ``numpy`` and the standard library -- no relative imports, nothing from
+``d2infra`` or ``detectron2`` (it only asks whether ``detectron2._C`` is a compiled extension).
+Everything is written with tensor operations on the inputs' device, so the ops run on CPU and CUDA
+alike.
 
-Entry points (callers in Detectron2 v0.6 in brackets):
+Entry points (callers in Detectron2 v0.6 and main in brackets):
 
 * ``deform_conv_forward``, ``deform_conv_backward_input``, ``deform_conv_backward_filter``,
   ``modulated_deform_conv_forward``, ``modulated_deform_conv_backward``
@@ -24,10 +25,15 @@ Entry points (callers in Detectron2 v0.6 in brackets):
   pass (``output``, ``grad_*``); the ``columns``/``ones`` scratch buffers and ``im2col_step`` are
   accepted and ignored.
 * ``box_iou_rotated`` [``layers/rotated_boxes.py``]: exact IoU of rotated rectangles, vectorised.
-* ``nms_rotated``, registered as the operator ``torch.ops.detectron2.nms_rotated``
-  [``layers/nms.py``].
+* ``nms_rotated`` [``layers/nms.py``].
 * ``roi_align_rotated_forward``, ``roi_align_rotated_backward``
   [``layers/roi_align_rotated.py``]: bilinear RoIAlign over a rotated sampling grid.
+
+The four rotated ops are also registered as operators, ``torch.ops.detectron2.<name>``, with the
+schemas of Detectron2's ``layers/csrc/vision.cpp``: v0.6 calls ``nms_rotated`` that way, and
+Detectron2 main (after v0.6) calls all four that way (``layers/rotated_boxes.py``,
+``layers/roi_align_rotated.py``). They are not registered when Detectron2's compiled extension is
+installed, which defines them itself (see :func:`_register_ops`).
 * ``InstanceAnnotation``, ``COCOevalEvaluateImages``, ``COCOevalAccumulate``
   [``evaluation/fast_eval_api.py``]: not implemented; they raise a ``RuntimeError`` that says to
   use ``COCOEvaluator(..., use_fast_impl=False)``.
@@ -38,6 +44,7 @@ Rotated boxes are ``(x_ctr, y_ctr, width, height, angle_degrees)`` as defined in
 vector is ``(cos a, -sin a)`` and its height vector ``(sin a, cos a)``, i.e. a positive angle
 rotates the box counter-clockwise on screen.
 """
+import importlib.util
 import math
 from typing import List, Optional, Tuple
 
@@ -541,22 +548,6 @@ def nms_rotated(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
     return order[keep_t]
 
 
-def _register_nms_rotated() -> Optional["torch.library.Library"]:
-    """Register ``detectron2::nms_rotated`` unless it already exists (this file may be imported
-    both as ``detectron2._C`` and as ``d2infra.ops.detectron2_c``; the first import registers,
-    and its module keeps the returned Library alive)."""
-    try:
-        torch.ops.detectron2.nms_rotated  # noqa: B018 (probe)
-        return None
-    except (AttributeError, RuntimeError):
-        pass
-    lib = torch.library.Library("detectron2", "FRAGMENT")
-    lib.define("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
-    lib.impl("nms_rotated", nms_rotated, "CompositeExplicitAutograd")
-    return lib
-
-
-_NMS_LIBRARY = _register_nms_rotated()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,3 +694,61 @@ def roi_align_rotated_backward(
             return torch.zeros_like(x).detach()
         (g,) = torch.autograd.grad(out, x, grad.reshape(out.shape))
     return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator registration: torch.ops.detectron2.* (schemas of Detectron2's layers/csrc/vision.cpp)
+# ---------------------------------------------------------------------------------------------
+_SCHEMAS = {
+    "nms_rotated": "nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
+    "box_iou_rotated": "box_iou_rotated(Tensor boxes1, Tensor boxes2) -> Tensor",
+    "roi_align_rotated_forward": (
+        "roi_align_rotated_forward(Tensor input, Tensor rois, float spatial_scale, "
+        "int pooled_height, int pooled_width, int sampling_ratio) -> Tensor"
+    ),
+    "roi_align_rotated_backward": (
+        "roi_align_rotated_backward(Tensor grad, Tensor rois, float spatial_scale, "
+        "int pooled_height, int pooled_width, int batch_size, int channels, int height, "
+        "int width, int sampling_ratio) -> Tensor"
+    ),
+}
+
+
+def _compiled_extension_installed() -> bool:
+    """True if ``detectron2._C`` is Detectron2's compiled extension (not a copy of this file)."""
+    try:
+        spec = importlib.util.find_spec("detectron2._C")
+    except (ImportError, ValueError):  # no detectron2, or a module without a spec
+        return False
+    return spec is not None and spec.origin is not None and not spec.origin.endswith(".py")
+
+
+def _register_ops() -> Optional["torch.library.Library"]:
+    """Register the rotated ops of :data:`_SCHEMAS` that are not defined yet.
+
+    This file may be imported both as ``detectron2._C`` and as ``d2infra.ops.detectron2_c``: the
+    first import registers, and its module keeps the returned Library alive. Nothing is registered
+    when Detectron2's compiled extension is installed: its ``TORCH_LIBRARY(detectron2, ...)``
+    defines the same operators and would fail to load after ours.
+
+    The kernels are ``CompositeImplicitAutograd``, i.e. they run above autograd, so that the
+    backward's autograd over the forward (:func:`roi_align_rotated_backward`) records its graph.
+    """
+    if _compiled_extension_installed():
+        return None
+    missing = []
+    for name in _SCHEMAS:
+        try:
+            getattr(torch.ops.detectron2, name)
+        except (AttributeError, RuntimeError):
+            missing.append(name)
+    if not missing:
+        return None
+    lib = torch.library.Library("detectron2", "FRAGMENT")
+    for name in missing:
+        lib.define(_SCHEMAS[name])
+        lib.impl(name, globals()[name], "CompositeImplicitAutograd")
+    return lib
+
+
+_OPS_LIBRARY = _register_ops()
