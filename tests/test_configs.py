@@ -1,60 +1,198 @@
-"""Every config under configs/ builds its model and runs one training-mode forward pass."""
+"""Every config under configs/ loads and builds its model, and the model is what the config's name
+and keys promise: the backbone (R-50 / R-101 / X-101 32x8d / the small embedded ResNet), the
+dataset and its classes, the schedule ("1x"), the head (cascade stages, masks, offset bins K and
+decoding, IoU-aware confidence, sampler, R^3-CNN loops), and the thresholds the heads actually use.
+
+One model build per config; no training step (each project's training is exercised by its head
+tests, tests/test_standalone_configs.py and tests/test_train_net.py).
+"""
 import glob
 import os
 
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
-from detectron2.utils.events import EventStorage
+from detectron2.modeling.backbone import FPN, ResNet
+from detectron2.modeling.meta_arch import GeneralizedRCNN, RetinaNet
+from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 
-from train_net import setup
+from d2infra.data import THING_CLASSES
+from train_net import build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
-    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"),
-                                               recursive=True)
+    os.path.relpath(p, os.path.join(REPO, "configs"))
+    for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-"))
+INF = float("inf")
 
 
-class _Args:
-    def __init__(self, config_file):
-        self.config_file = os.path.join(REPO, config_file)
-        self.opts = ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", "/tmp/test_configs_out"]
-        self.eval_only = False
-        self.resume = False
+def stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
 
 
-def _batch(num_classes: int):
-    g = torch.Generator().manual_seed(0)
-    batch = []
-    for n in (2, 0):  # one image with two objects, one without ground truth
-        inst = Instances((64, 64))
-        boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [20.0, 10.0, 60.0, 30.0]])[:n]
-        inst.gt_boxes = Boxes(boxes)
-        inst.gt_classes = torch.arange(n) % num_classes
-        masks = torch.zeros(n, 64, 64, dtype=torch.bool)
-        for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
-            masks[i, y0:y1, x0:x1] = True
-        inst.gt_masks = BitMasks(masks)
-        batch.append({"image": torch.randint(0, 256, (3, 64, 64), generator=g).float(),
-                      "instances": inst, "height": 64, "width": 64})
-    return batch
+def load(path: str):
+    return build_cfg(os.path.join(REPO, "configs", path), ["MODEL.DEVICE", "cpu"])
 
 
 def test_configs_were_found():
-    assert any("baselines" in c for c in CONFIGS) and any("coco" in c for c in CONFIGS)
+    assert len(CONFIGS) >= 60
+    assert {p.split("/")[0] for p in CONFIGS} >= {"baselines", "iou_aware", "offset_bin", "r3cnn",
+                                                   "samplers"}
 
 
-@pytest.mark.parametrize("config_file", CONFIGS)
-def test_config_builds_and_trains_one_step(config_file):
-    cfg = setup(_Args(config_file))
+# ------------------------------------------------------------------------------------------------
+# What the name says, checked on the built model
+# ------------------------------------------------------------------------------------------------
+def check_backbone(name, cfg, backbone):
+    assert isinstance(backbone, FPN)
+    bottom_up = backbone.bottom_up
+    assert isinstance(bottom_up, ResNet)
+    blocks = [len(stage) for stage in bottom_up.stages]
+    first = bottom_up.stages[0][0]
+    if "smallR" in name:  # d2infra's small ResNet of basic blocks (1 per stage)
+        assert cfg.MODEL.BACKBONE.NAME.startswith("build_small_")
+        assert blocks == list(cfg.MODEL.SMALL_RESNET.BLOCKS_PER_STAGE) == [1, 1, 1, 1]
+        assert not hasattr(first, "conv3")  # BasicBlock: two 3x3 convs
+        return
+    assert not cfg.MODEL.BACKBONE.NAME.startswith("build_small_")
+    assert hasattr(first, "conv3")  # Bottleneck
+    if "R_50" in name:
+        assert blocks == [3, 4, 6, 3] and first.conv2.groups == 1
+        assert first.conv2.out_channels == 64
+    elif "R_101" in name:
+        assert blocks == [3, 4, 23, 3] and first.conv2.groups == 1
+    elif "X_101_32x8d" in name:  # ResNeXt: 32 groups of width 8 in res2's bottleneck
+        assert blocks == [3, 4, 23, 3]
+        assert first.conv2.groups == 32 and first.conv2.out_channels == 32 * 8
+    else:
+        raise AssertionError(f"{name}: the name gives no backbone")
+
+
+# The dataset a config's name ends with: its train and test splits and its number of classes.
+DATASETS = {"coco": ("coco_2017_train", "coco_2017_val", 80),
+            "shapes": ("shapes_train", "shapes_val", len(THING_CLASSES)),
+            "nuclei": ("nuclei_train", "nuclei_val", 1)}
+
+
+def check_data_and_schedule(name, cfg, num_classes):
+    train, test, classes = DATASETS[name.rpartition("_")[2]]
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, num_classes) == ((train,), (test,), classes)
+    if "_1x_" in name:  # Detectron2's 1x schedule: 90k iterations of 16 images, steps at 60k, 80k
+        assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.IMS_PER_BATCH) == (
+            90000, (60000, 80000), 16)
+    assert cfg.OUTPUT_DIR.rstrip("/").endswith(name)
+
+
+def matcher_thresholds(matcher):
+    """Detectron2's Matcher stores its thresholds between -inf and +inf."""
+    assert matcher.thresholds[0] == -INF and matcher.thresholds[-1] == INF
+    return [float(t) for t in matcher.thresholds[1:-1]]
+
+
+def check_two_stage(name, cfg, model):
+    from offset_bin import OffsetBinOutputLayers
+
+    assert isinstance(model, GeneralizedRCNN)
+    rpn = model.proposal_generator
+    assert matcher_thresholds(rpn.anchor_matcher) == list(cfg.MODEL.RPN.IOU_THRESHOLDS)
+    assert rpn.nms_thresh == cfg.MODEL.RPN.NMS_THRESH
+    heads = model.roi_heads
+    assert heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    predictors = (list(heads.box_predictor) if isinstance(heads.box_predictor, torch.nn.ModuleList)
+                  else [heads.box_predictor])
+    for p in predictors:
+        assert p.test_score_thresh == cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+        assert p.test_nms_thresh == cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST
+        assert p.test_topk_per_image == cfg.TEST.DETECTIONS_PER_IMAGE
+
+    if "cascade" in name:
+        assert isinstance(heads, CascadeROIHeads)
+        ious = list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
+        assert len(ious) == (2 if "2stage" in name or "offset_bin" in name else 3)
+        assert ious == [0.5, 0.7] if len(ious) == 2 else ious == [0.5, 0.6, 0.7]
+        assert [matcher_thresholds(m) for m in heads.proposal_matchers] == [[t] for t in ious]
+        weights = [tuple(w) for w in cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS][:len(ious)]
+        assert [tuple(p.box2box_transform.weights) for p in predictors] == weights
+    elif "r3cnn" not in name:
+        assert isinstance(heads, StandardROIHeads) and not isinstance(heads, CascadeROIHeads)
+        assert matcher_thresholds(heads.proposal_matcher) == list(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS)
+
+    assert cfg.MODEL.MASK_ON == ("mask" in name or "r3cnn" in name)
+    assert heads.mask_on == cfg.MODEL.MASK_ON
+
+    if "offset_bin" in name:
+        assert all(isinstance(p, OffsetBinOutputLayers) for p in predictors)
+        ob = cfg.MODEL.OFFSET_BIN
+        for p in predictors:
+            # Section 4.1: a = 3, n = 20; the config's K and decoding reach every predictor.
+            assert (p.coder.offset_range, p.coder.num_bins) == (3.0, 20)
+            assert p.coder.num_stages == ob.NUM_STAGES
+            assert p.expectation is ob.EXPECTATION is ("argmax" not in name)
+            assert p.cls_agnostic_bbox_reg  # one set of 4n bin scores per RoI (section 3.2.2)
+        if "K1" in name or "K2" in name:
+            assert ob.NUM_STAGES == (1 if "K1" in name else 2)
+        elif "r3cnn" not in name:  # Faster: the paper's K = 2; Cascade: K = 1 (section 4.2)
+            assert ob.NUM_STAGES == (1 if "cascade" in name else 2)
+    else:
+        assert not any(isinstance(p, OffsetBinOutputLayers) for p in predictors)
+
+    for sampler in ("ohem", "pisa", "iou_balanced", "random"):
+        if f"_{sampler}_" in name:
+            assert cfg.MODEL.ROI_HEADS.SAMPLER == sampler
+            assert heads.roi_sampler is not None
+
+    if "r3cnn" in name:
+        from r3cnn import R3CNNROIHeads
+
+        assert isinstance(heads, R3CNNROIHeads)
+        loops = {"1loop": 1, "2loop": 2, "4loop": 4}
+        expected = next((n for key, n in loops.items() if key in name), 3)
+        assert len(cfg.MODEL.R3CNN.IOU_THRESHOLDS) == expected
+        assert cfg.MODEL.R3CNN.MASKIOU_ON == ("r3cnn_L_" in name)
+
+
+def check_dense(name, cfg, model):
+    if "fcos" in name:
+        from iou_aware import ConfigurableFCOS, IoUAwareFCOS
+
+        assert isinstance(model, ConfigurableFCOS)
+        assert isinstance(model, IoUAwareFCOS) == ("iou_aware" in name)
+        assert model.num_classes == cfg.MODEL.FCOS.NUM_CLASSES
+        assert model.test_score_thresh == cfg.MODEL.FCOS.SCORE_THRESH_TEST
+        assert model.test_nms_thresh == cfg.MODEL.FCOS.NMS_THRESH_TEST
+        default_alpha = 0.3  # the authors' iou_aware_fcos_head.py
+        if "multiply" in name:
+            assert model.centerness_mode == "multiply"
+        return cfg.MODEL.FCOS.NUM_CLASSES, default_alpha
+    from iou_aware import IoUAwareRetinaNet
+
+    assert isinstance(model, RetinaNet)
+    assert isinstance(model, IoUAwareRetinaNet) == ("iou_aware" in name)
+    assert model.num_classes == cfg.MODEL.RETINANET.NUM_CLASSES
+    assert matcher_thresholds(model.anchor_matcher) == list(cfg.MODEL.RETINANET.IOU_THRESHOLDS)
+    assert model.test_score_thresh == cfg.MODEL.RETINANET.SCORE_THRESH_TEST
+    assert model.test_nms_thresh == cfg.MODEL.RETINANET.NMS_THRESH_TEST
+    if "ghmc" in name:
+        assert cfg.MODEL.RETINANET.CLS_LOSS == "ghmc"
+    return cfg.MODEL.RETINANET.NUM_CLASSES, 0.5  # Table 3's alpha
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=stem)
+def test_config_builds_the_model_its_name_says(path):
+    name, cfg = stem(path), load(path)
     torch.manual_seed(0)
     model = build_model(cfg)
-    model.train()
-    num_classes = (cfg.MODEL.RETINANET.NUM_CLASSES if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
-                   else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    with EventStorage(0):
-        losses = model(_batch(num_classes))
-    assert losses and all(torch.isfinite(v) for v in losses.values()), losses
-    sum(losses.values()).backward()
+    check_backbone(name, cfg, model.backbone)
+    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
+        check_two_stage(name, cfg, model)
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    else:
+        num_classes, default_alpha = check_dense(name, cfg, model)
+        if "iou_aware" in name:
+            alpha = cfg.MODEL.IOU_AWARE.ALPHA
+            if "product" in name:  # the confidence p * IoU: a negative alpha
+                assert alpha is not None and alpha < 0
+            assert model.iou_alpha == (default_alpha if alpha is None else alpha)
+            assert model.iou_loss_type == ("l2" if "_l2_" in name else "bce")
+    check_data_and_schedule(name, cfg, num_classes)
