@@ -1,18 +1,24 @@
-"""PISA: IoU-hierarchical local rank, Eqs. 5-6 of Oksuz et al., and the weighted Fast R-CNN loss
-that applies the weights."""
+"""PISA as published (mmdetection's ScoreHLRSampler, isr_p, carl_loss; Oksuz et al., Eqs. 5-6),
+against hand computations on hand-made batches; and the weighted Fast R-CNN loss."""
+import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import imbalance
 from d2infra.modeling import build_box_predictor
-from imbalance.modeling.weighted_fast_rcnn import WeightedFastRCNNOutputLayers
+from imbalance.modeling.weighted_fast_rcnn import (
+    PISAFastRCNNOutputLayers,
+    WeightedFastRCNNOutputLayers,
+)
 from imbalance.samplers import Candidates, build_roi_sampler
-from imbalance.samplers.pisa import hierarchical_local_rank
+from imbalance.samplers.pisa import hierarchical_local_rank, nms_groups
 
 K = 2
 
@@ -26,33 +32,173 @@ def test_hierarchical_local_rank():
     assert hierarchical_local_rank(ious, gts, classes).tolist() == [2, 1, 0, 3, 4, 1, 0]
 
 
-def pisa_cfg(gamma, beta):
+def test_nms_groups_take_boxes_at_the_threshold():
+    # mmcv's nms_match groups a box with IoU >= threshold; IoU([50,50,60,60], [50,50,60,55]) = 0.5
+    boxes = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 55], [0, 0, 10, 9], [50, 50, 60, 60],
+                          [100, 100, 110, 110]])
+    scores = torch.tensor([0.9, 0.3, 0.8, 0.6, 0.1])
+    assert nms_groups(boxes, scores, 0.5).tolist() == [0, 3, 0, 3, 4]
+
+
+def pisa_cfg(batch=8):
     cfg = get_cfg()
     imbalance.add_imbalance_config(cfg)
     cfg.MODEL.ROI_HEADS.SAMPLER = "pisa"
-    c = cfg.MODEL.ROI_HEADS.PISA
-    c.POS_GAMMA, c.POS_BETA, c.NEG_GAMMA, c.NEG_BETA = gamma, beta, 1.0, 0.5
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = K
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = batch
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
     return cfg
 
 
-def test_pisa_weights_per_class_and_negatives_by_score():
-    # positives: 3 of class 0 (one gt), 1 of class 1; negatives: 2 scoring class 0, 1 class 1;
-    # one ignored candidate, which is dropped
-    labels = torch.tensor([0, 0, 0, 1, K, K, K, -1])
-    ious = torch.tensor([0.7, 0.9, 0.8, 0.6, 0.1, 0.2, 0.3, 0.45])
-    matched = torch.tensor([0, 0, 0, 1, 0, 0, 0, 0])
-    scores = torch.tensor([[0.3, 0.1, 0.6]] * 4 + [[0.2, 0.1, 0.7], [0.5, 0.1, 0.4],
-                                                   [0.1, 0.3, 0.6], [0.3, 0.3, 0.4]])
-    c = Candidates(labels, ious, matched, K, predictions=lambda: (scores, None))
-    sampled = build_roi_sampler(pisa_cfg(2.0, 0.2))(c)
-    assert sampled.indices.tolist() == [0, 1, 2, 3, 4, 5, 6]
-    n_max = 3  # class 0 positives
-    r = torch.tensor([2, 0, 1, 0]).float()
-    pos_w = ((1 - 0.2) * (n_max - r) / n_max + 0.2) ** 2
-    # negatives: class 0 scores .2 (rank 1), .5 (rank 0); class 1 score .3 (rank 0)
-    r = torch.tensor([1, 0, 0]).float()
-    neg_w = ((1 - 0.5) * (n_max - r) / n_max + 0.5) ** 1
-    assert sampled.weights.tolist() == pytest.approx(torch.cat([pos_w, neg_w]).tolist())
+FAR = [0.0, 0.0, 200.0, 200.0]  # the box of the class that is not a negative's highest score
+# Negatives: (probabilities of class 0, class 1, background; regressed box at the top class).
+# The 4 ranked ones (top score > 0.05) form two NMS groups at IoU 0.5: {n0 .9, n1 .8} (IoU .9)
+# and {n2 .6, n3 .3} (IoU exactly .5); n4-n6 score at most .04 and are not ranked.
+NEGATIVES = [
+    ([0.90, 0.02, 0.08], [0, 0, 10, 10]),
+    ([0.05, 0.80, 0.15], [0, 0, 10, 9]),
+    ([0.60, 0.10, 0.30], [50, 50, 60, 60]),
+    ([0.10, 0.30, 0.60], [50, 50, 60, 55]),
+    ([0.03, 0.04, 0.93], [100, 0, 110, 10]),
+    ([0.01, 0.01, 0.98], [120, 0, 130, 10]),
+    ([0.04, 0.02, 0.94], [140, 0, 150, 10]),
+]
+
+
+def hand_batch():
+    # candidates 0-2 positive (classes 0, 0, 1), 3-9 the negatives above, 10 ignored
+    labels = torch.tensor([0, 0, 1] + [K] * len(NEGATIVES) + [-1])
+    n = len(labels)
+    probs = torch.tensor([[0.5, 0.3, 0.2]] * 3 + [p for p, _ in NEGATIVES] + [[0.3, 0.3, 0.4]])
+    boxes = []
+    for i in range(n):
+        box = NEGATIVES[i - 3][1] if 3 <= i < 3 + len(NEGATIVES) else [0, 0, 5, 5]
+        top = int(probs[i, :K].argmax())
+        boxes.append([x for c in range(K) for x in (box if c == top else FAR)])
+    logits, boxes = probs.log(), torch.tensor(boxes, dtype=torch.float32)
+    calls = []
+
+    def head(indices):
+        calls.append(indices.tolist())
+        return logits[indices], boxes[indices]
+
+    return Candidates(labels, torch.zeros(n), torch.zeros(n, dtype=torch.long), K,
+                      head=head), calls
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pisa_sampler_score_hlr_by_hand(seed):
+    candidates, calls = hand_batch()
+    torch.manual_seed(seed)
+    sampled = build_roi_sampler(pisa_cfg())(candidates)
+    torch.manual_seed(seed)
+    fg, _ = subsample_labels(candidates.labels, 8, 0.25, K)
+    # positives: Detectron2's random draw, 8 * 0.25 = 2 of the 3, weight 1
+    assert sampled.indices[:2].tolist() == fg.tolist()
+    assert sampled.weights[:2].tolist() == [1.0, 1.0]
+    # the head ran once, on the negatives only
+    assert calls == [list(range(3, 10))]
+    # negatives: 8 - 2 = 6. Score-HLR: group ranks 0 (n0 .9, n2 .6), then ranks 1 (n1 .8, n3 .3);
+    # then 2 of the 3 unranked ones at random
+    neg = sampled.indices[2:].tolist()
+    assert neg[:4] == [3, 5, 4, 6] and len(neg) == 6 and set(neg[4:]) < {7, 8, 9}
+    # Eq. 5 with N_max = max(6 wanted, 4 ranked) = 6: r_bar = 6/6, 5/6, 4/6, 3/6, and the random
+    # ones the lowest, 3/6; Eq. 6 with gamma 0.5, beta 0; renormalised so that the weighted
+    # background cross-entropy keeps its total
+    w = [math.sqrt(r / 6) for r in (6, 5, 4, 3, 3, 3)]
+    ce = [-math.log(NEGATIVES[i - 3][0][2]) for i in neg]
+    ratio = sum(ce) / sum(wi * c for wi, c in zip(w, ce))
+    assert sampled.weights[2:].tolist() == pytest.approx([wi * ratio for wi in w], rel=1e-5)
+    total = sum(float(x) * c for x, c in zip(sampled.weights[2:], ce))
+    assert total == pytest.approx(sum(ce), rel=1e-5)
+
+
+def test_pisa_sampler_without_ranked_negatives_draws_at_random():
+    candidates, _ = hand_batch()
+    candidates.labels[3:7] = -1  # only the unranked negatives are left
+    sampled = build_roi_sampler(pisa_cfg())(candidates)
+    assert sorted(sampled.indices[2:].tolist()) == [7, 8, 9]
+    assert sampled.weights.tolist() == [1.0] * 5
+
+
+def pisa_predictor():
+    cfg = pisa_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "PISAFastRCNNOutputLayers"
+    cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0  # L1 per coordinate
+    predictor = build_box_predictor(cfg, ShapeSpec(channels=8))
+    assert isinstance(predictor, PISAFastRCNNOutputLayers)
+    assert predictor.box2box_transform.weights == (10.0, 10.0, 5.0, 5.0)
+    return predictor
+
+
+def instances(proposals, gts, classes, weights):
+    return Instances((64, 64), proposal_boxes=Boxes(torch.tensor(proposals)),
+                     gt_boxes=Boxes(torch.tensor(gts)), gt_classes=torch.tensor(classes),
+                     loss_weights=torch.tensor(weights))
+
+
+def log_softmax(row):
+    m = max(row)
+    lse = m + math.log(sum(math.exp(x - m) for x in row))
+    return [x - lse for x in row]
+
+
+def test_pisa_predictor_isr_p_and_carl_by_hand():
+    A, B, C = [0.0, 0, 10, 10], [20.0, 20, 40, 40], [50.0, 0, 60, 20]
+    D = [0.0, 0, 10, 10]  # same box as A, in the other image: another object
+    # image 0: p0 on A regressed 5 px right (IoU 1/3 though its proposal has IoU 1), p1 on A
+    # (IoU 9/11), p2 on B (IoU 1), p3 on C (class 1); negatives n0, n1 with ISR-N weights
+    img0 = instances([A, [1.0, 0, 11, 10], B, C, [0.0, 30, 8, 38], [30.0, 0, 38, 8]],
+                     [A, A, B, C, A, A], [0, 0, 0, 1, K, K], [1.0, 1.0, 1.0, 1.0, 0.7, 1.3])
+    # image 1: p4 on D regressed 2 px right (IoU 2/3); one negative
+    img1 = instances([D, [40.0, 40, 50, 50]], [D, D], [0, K], [1.0, 1.0])
+    logits = torch.tensor([[2.0, 0.5, 0.1], [1.0, 0.2, 0.3], [0.3, 0.1, 0.2], [0.0, 1.5, 0.5],
+                           [0.2, 0.3, 1.0], [1.2, 0.1, 0.4], [0.5, 0.5, 0.5], [0.1, 0.6, 0.9]],
+                          requires_grad=True)
+    deltas = torch.zeros(8, 4 * K)
+    deltas[0, 0] = 5.0  # dx * 10 = 5 px / width 10 * 10
+    deltas[6, 0] = 2.0
+    predictor = pisa_predictor()
+    with EventStorage():
+        losses = predictor.losses((logits, deltas), [img0, img1])
+
+    rows = [log_softmax(r) for r in logits.tolist()]
+    gt = [0, 0, 0, 1, K, K, 0, K]
+    ce = [-rows[i][g] for i, g in enumerate(gt)]
+    # IoU-HLR of class 0 (N_max = 4): rank-0 of each object by IoU: p2 (1), p1 (9/11), p4 (2/3);
+    # then rank 1: p0 (1/3). Class 1: p3 rank 0. Eq. 6 with gamma 2, beta 0
+    pos, ranks = [0, 1, 2, 3, 6], [3, 1, 0, 0, 2]
+    w = [((4 - r) / 4) ** 2 for r in ranks]
+    ratio = sum(ce[i] for i in pos) / sum(wi * ce[i] for wi, i in zip(w, pos))
+    weights = {i: wi * ratio for wi, i in zip(w, pos)}
+    weights.update({4: 0.7, 5: 1.3, 7: 1.0})
+    R = 8
+    assert losses["loss_cls"].item() == pytest.approx(
+        sum(weights[i] * ce[i] for i in range(R)) / R, rel=1e-5)
+    # the renormalised positive weights keep the positives' classification total
+    assert sum(weights[i] * ce[i] for i in pos) == pytest.approx(sum(ce[i] for i in pos))
+    # box loss unweighted, L1 of the deltas: p0 |5 - 0|, p1 |0 - (-1)| (target dx of [1,0,11,10]
+    # to A), p4 |2 - 0|
+    box = {0: 5.0, 1: 1.0, 2: 0.0, 3: 0.0, 6: 2.0}
+    assert losses["loss_box_reg"].item() == pytest.approx(sum(box.values()) / R, rel=1e-5)
+    # CARL: c_i = 0.2 + 0.8 p_i (k = 1), scaled to sum to the 5 positives
+    c = {i: 0.2 + 0.8 * math.exp(rows[i][gt[i]]) for i in pos}
+    scale = len(pos) / sum(c.values())
+    assert losses["loss_carl"].item() == pytest.approx(
+        sum(c[i] * scale * box[i] for i in pos) / R, rel=1e-5)
+    # CARL's gradient reaches the class scores
+    losses["loss_carl"].backward()
+    assert logits.grad[0].abs().sum() > 0
+
+
+def test_pisa_predictor_without_positives():
+    img = instances([[0.0, 0, 10, 10]], [[0.0, 0, 10, 10]], [K], [0.5])
+    logits = torch.tensor([[0.2, 0.1, 1.0]], requires_grad=True)
+    with EventStorage():
+        losses = pisa_predictor().losses((logits, torch.zeros(1, 4 * K)), [img])
+    ce = -log_softmax([0.2, 0.1, 1.0])[K]
+    assert losses["loss_cls"].item() == pytest.approx(0.5 * ce, rel=1e-5)
+    assert losses["loss_box_reg"].item() == 0.0 and losses["loss_carl"].item() == 0.0
 
 
 def predictor_and_batch(cls, num_rois=12, agnostic=False, loss_type="smooth_l1"):

@@ -137,15 +137,35 @@ def test_every_sampler_trains_a_step_with_an_empty_image(sampler):
     features, proposals, targets = batch()
     cfg = head_cfg("SamplingStandardROIHeads", sampler)
     if sampler == "pisa":
-        cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "WeightedFastRCNNOutputLayers"
+        cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "PISAFastRCNNOutputLayers"
     head = build(cfg)
     head.train()
     with EventStorage() as storage:
-        _, losses = head(None, features, proposals, targets)
+        sampled, losses = head(None, features, proposals, targets)
         sum(losses.values()).backward()
         assert storage.latest()["imbalance/roi_head/num_fg"][0] > 0
     assert all(torch.isfinite(v) for v in losses.values())
     assert head._sampling_features is None
+    # every sampler keeps at most BATCH_SIZE_PER_IMAGE RoIs per image
+    assert all(len(p) <= 16 for p in sampled)
+    if sampler == "pisa":
+        assert "loss_carl" in losses
+
+
+def test_candidate_head_is_the_box_head_on_the_asked_candidates():
+    features, proposals, _ = batch()
+    head = build(head_cfg("SamplingStandardROIHeads", "pisa"))
+    idx = torch.tensor([3, 0, 17])
+    with head.sampling_features(features):
+        logits, boxes = head.candidate_head(proposals[1], idx, image_index=1)
+    # reference: Detectron2's pooler, box head and predictor on those boxes of image 1
+    x = [features[f][1:2] for f in ("p2", "p3")]
+    subset = proposals[1].proposal_boxes[idx]
+    with torch.no_grad():
+        pred = head.box_predictor(head.box_head(head.box_pooler(x, [subset])))
+        ref_boxes = head.box_predictor.box2box_transform.apply_deltas(pred[1], subset.tensor)
+    assert torch.allclose(logits, pred[0]) and torch.allclose(boxes, ref_boxes)
+    assert boxes.shape == (3, 4 * K)
 
 
 def test_cascade_with_random_equals_detectron2_cascade():
@@ -174,12 +194,12 @@ def test_cascade_with_random_equals_detectron2_cascade():
     assert ours_total == d2_per_image * 2
 
 
-def test_cascade_ohem_uses_stage0_modules_and_weighted_predictors():
+def test_cascade_pisa_uses_stage0_modules_and_pisa_predictors():
     features, proposals, targets = batch()
     cfg = head_cfg("SamplingCascadeROIHeads", "pisa")
-    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "WeightedFastRCNNOutputLayers"
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "PISAFastRCNNOutputLayers"
     head = build(cfg)
-    assert all(getattr(p, "honours_loss_weights", False) for p in head.box_predictor)
+    assert all(getattr(p, "applies_pisa", False) for p in head.box_predictor)
     assert head.sampling_box_modules("stage0")[0] is head.box_head[0]
     head.train()
     with EventStorage():

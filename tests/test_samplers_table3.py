@@ -1,6 +1,8 @@
 """Oksuz et al., "Imbalance Problems in Object Detection: A Review", Table 3: six boxes with their
 scores, losses and IoUs, and what each sampling method selects (hard) or how it weighs them (soft).
 One positive and two negatives are to be chosen; one foreground class."""
+import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -26,9 +28,12 @@ def table3_candidates() -> Candidates:
     ious = torch.tensor([iou for _, _, iou, _ in TABLE3])
     p_fg = torch.tensor([p if pos else 1.0 - p for p, _, _, pos in TABLE3])
     scores = torch.stack([p_fg, 1.0 - p_fg], dim=1)  # (N, K+1) softmax, background last
-    losses = torch.tensor([loss for _, loss, _, _ in TABLE3])
+    losses = torch.tensor([loss for _, loss, _, _ in TABLE3])  # all classification here
+    # six boxes that do not overlap (the table draws them apart), as regressed boxes for PISA
+    boxes = torch.tensor([[20.0 * i, 0, 20.0 * i + 10, 10] for i in range(6)])
     return Candidates(labels, ious, torch.zeros(6, dtype=torch.long), NUM_CLASSES,
-                      predictions=lambda: (scores, losses))
+                      predictions=lambda: (scores, losses, torch.zeros(6)),
+                      head=lambda idx: (scores[idx].log(), boxes[idx]))
 
 
 def sampler_cfg(name: str):
@@ -69,11 +74,17 @@ def test_iou_based_sampling_one_negative_per_bin():
     assert seen_neg == {3, 4, 5} and seen_pos == {0, 1}
 
 
-def test_pisa_weights_gamma1_beta0():
-    # Table 3, PISA row with gamma=1, beta=0: 1.00, 0.75 | 1.00, 0.75, 0.50, 0.25
+def test_pisa_as_published_with_gamma1_beta0():
+    # Table 3's PISA row (1.00, 0.75 | 1.00, 0.75, 0.50, 0.25) is the review's reading: every box
+    # kept, one N_max = 4 for positives and negatives. PISA as published (mmdetection's
+    # ScoreHLRSampler) keeps one positive at random and the two negatives of highest foreground
+    # score (.9, .7; box 6 scores 0 and is not ranked), with N_max = max(2 wanted, 3 ranked):
+    # r_bar = 3/3, 2/3, renormalised on their losses (2.30, 1.20) to keep the total.
     cfg = sampler_cfg("pisa")
     c = cfg.MODEL.ROI_HEADS.PISA
-    c.POS_GAMMA, c.POS_BETA, c.NEG_GAMMA, c.NEG_BETA = 1.0, 0.0, 1.0, 0.0
+    c.NEG_GAMMA, c.NEG_BETA = 1.0, 0.0
     sampled = build_roi_sampler(cfg)(table3_candidates())
-    assert sampled.indices.tolist() == [0, 1, 2, 3, 4, 5]  # soft sampling: every box is kept
-    assert sampled.weights.tolist() == pytest.approx([1.00, 0.75, 1.00, 0.75, 0.50, 0.25])
+    assert sampled.indices[0] in (0, 1) and sampled.indices[1:].tolist() == [2, 3]
+    ce = [-math.log(0.1), -math.log(0.3)]
+    ratio = sum(ce) / (1.0 * ce[0] + 2.0 / 3.0 * ce[1])
+    assert sampled.weights.tolist() == pytest.approx([1.0, ratio, 2.0 / 3.0 * ratio], rel=1e-5)

@@ -6,7 +6,7 @@ matched ground truth, the matched ground-truth index and, on demand, the head's 
 returns the indices it keeps and a loss weight for each.
 """
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -37,28 +37,39 @@ class Candidates:
     ``labels``: class in [0, K) for foreground, K for background, -1 to ignore.
     ``ious``: IoU with the matched (best) ground truth, 0 where the image has none.
     ``matched_idxs``: index of that ground truth.
-    ``predictions``: a callable returning ``(scores (N, K+1) softmax, losses (N,))`` of the head
-    on all candidates without gradient, for samplers whose ``needs_predictions`` is True.
+    ``predictions``: a callable returning ``(scores (N, K+1) softmax, ce (N,), box (N,))`` of the
+    head on all candidates without gradient: the class scores and each candidate's
+    classification and box-regression loss (OHEM), for samplers whose ``needs_predictions`` is
+    True.
     ``boxes``: (N, 4) candidate boxes (XYXY), for samplers that need geometry (OHEM's NMS).
+    ``head``: a callable ``head(indices)`` returning the head's ``(class logits (n, K+1),
+    regressed boxes (n, 4K or 4))`` on the candidates ``indices`` only, without gradient and
+    without losses (PISA's negatives), for samplers whose ``needs_predictions`` is True.
     """
 
     labels: torch.Tensor
     ious: torch.Tensor
     matched_idxs: torch.Tensor
     num_classes: int
-    predictions: Optional[Callable[[], tuple]] = None
+    predictions: Optional[Callable[[], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
     boxes: Optional[torch.Tensor] = None
+    head: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None
 
 
 class RoISampler:
     """Base class: subclasses implement :meth:`__call__`."""
 
-    # Whether __call__ needs ``candidates.predictions`` (OHEM, PISA): the head then evaluates itself
-    # on all candidates without gradient before sampling.
+    # Whether __call__ needs ``candidates.predictions`` or ``candidates.head`` (OHEM, PISA): the
+    # head then evaluates itself on candidates without gradient before sampling.
     needs_predictions: bool = False
     # Whether the returned weights can differ from 1 (PISA): the box predictor must then honour
-    # ``proposals.loss_weights`` (e.g. ``WeightedFastRCNNOutputLayers``), or they are ignored.
+    # ``proposals.loss_weights``, or they are ignored.
     produces_weights: bool = False
+    # The attribute a box predictor sets to True when it applies this sampler's weights (and
+    # whatever else the method needs of the predictor); the sampling heads warn when it is absent
+    # and name ``predictor_name``, a registered predictor that has it.
+    predictor_flag: str = "honours_loss_weights"
+    predictor_name: str = "WeightedFastRCNNOutputLayers"
 
     def __init__(self, cfg: CfgNode):
         self.batch_size_per_image = cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE

@@ -11,7 +11,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
-from detectron2.structures import ImageList, Instances, pairwise_iou
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -33,9 +33,10 @@ class RoISamplingMixin:
     histogram and fg:bg ratio (:func:`imbalance.diagnostics.log_sampling_stats`).
 
     For samplers that need the head's predictions (OHEM, PISA), ``forward`` keeps a reference to
-    the features for the duration of the call and :meth:`candidate_predictions` pools every
+    the features for the duration of the call; :meth:`candidate_predictions` pools every
     candidate and runs the box head and predictor of the stage (:meth:`sampling_box_modules`)
-    without gradient.
+    without gradient and computes their losses (OHEM), and :meth:`candidate_head` does the same
+    for the candidates a sampler asks for, without losses (PISA's negatives).
     """
 
     @configurable
@@ -47,13 +48,15 @@ class RoISamplingMixin:
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["roi_sampler"] = build_roi_sampler(cfg)
-        if ret["roi_sampler"].produces_weights:
+        sampler = ret["roi_sampler"]
+        if sampler.produces_weights:
             predictors = ret.get("box_predictors") or [ret.get("box_predictor")]
-            if not all(getattr(p, "honours_loss_weights", False) for p in predictors):
+            if not all(getattr(p, sampler.predictor_flag, False) for p in predictors):
                 logger.warning(
                     f"MODEL.ROI_HEADS.SAMPLER={cfg.MODEL.ROI_HEADS.SAMPLER!r} weighs RoIs, but the "
-                    "box predictor ignores proposals.loss_weights; set MODEL.ROI_BOX_HEAD.PREDICTOR"
-                    " to 'WeightedFastRCNNOutputLayers'.")
+                    f"box predictor ({type(predictors[0]).__name__}) does not apply its weights "
+                    f"(no {sampler.predictor_flag}); set MODEL.ROI_BOX_HEAD.PREDICTOR to "
+                    f"{sampler.predictor_name!r}.")
         return ret
 
     def forward(self, images: ImageList, features: Dict[str, torch.Tensor],
@@ -98,32 +101,59 @@ class RoISamplingMixin:
             image_index: position of the image in the batch (its slice of the features).
             stage: the stage being sampled (see :meth:`sampling_box_modules`).
         Returns:
-            ``(scores (N, K+1), losses (N,))``: softmax class scores, and each RoI's
-            classification plus box-regression loss (the predictor's ``per_roi_losses`` if it has
+            ``(scores (N, K+1), ce (N,), box (N,))``: softmax class scores, and each RoI's
+            classification and box-regression loss (the predictor's ``per_roi_losses`` if it has
             one, else :func:`imbalance.losses.fast_rcnn_per_roi_losses`).
         """
-        features = getattr(self, "_sampling_features", None)
-        if features is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.candidate_predictions needs the features of the current "
-                f"forward; the {type(self.roi_sampler).__name__} sampler works only inside "
-                "forward()")
-        box_head, box_predictor = self.sampling_box_modules(stage)
+        box_predictor, predictions = self._candidate_forward(proposals.proposal_boxes,
+                                                             image_index, stage)
         candidates = Instances(proposals.image_size, proposal_boxes=proposals.proposal_boxes,
                                gt_classes=labels)
         if len(targets) > 0:
             candidates.gt_boxes = targets.gt_boxes[matched_idxs]
         with torch.no_grad():
-            x = [features[f][image_index:image_index + 1] for f in self.box_in_features]
-            box_features = box_head(self.box_pooler(x, [proposals.proposal_boxes]))
-            predictions = box_predictor(box_features)
             per_roi_losses = getattr(box_predictor, "per_roi_losses", None)
             if per_roi_losses is not None:
                 ce, box = per_roi_losses(predictions, [candidates])
             else:
                 ce, box = fast_rcnn_per_roi_losses(box_predictor, predictions, [candidates])
             scores = torch.softmax(predictions[0], dim=-1)
-        return scores, ce + box
+        return scores, ce, box
+
+    def candidate_head(self, proposals: Instances, indices: torch.Tensor, image_index: int = 0,
+                       stage: str = "roi_head") -> Tuple[torch.Tensor, torch.Tensor]:
+        """The head's outputs on some of one image's candidates, without gradient and without
+        losses, for samplers that need only scores and boxes (PISA's negatives).
+
+        Args:
+            proposals: the image's candidates (``proposal_boxes``).
+            indices: the candidates to evaluate.
+            image_index, stage: as for :meth:`candidate_predictions`.
+        Returns:
+            ``(logits (n, K+1), boxes (n, 4K or 4))``: the class logits and the predictor's
+            ``predict_boxes`` (regressed boxes, per class unless class-agnostic).
+        """
+        subset = proposals.proposal_boxes[indices]
+        box_predictor, predictions = self._candidate_forward(subset, image_index, stage)
+        with torch.no_grad():
+            boxes = box_predictor.predict_boxes(
+                predictions, [Instances(proposals.image_size, proposal_boxes=subset)])[0]
+        return predictions[0], boxes
+
+    def _candidate_forward(self, boxes: Boxes, image_index: int, stage: str):
+        """Pool ``boxes`` of image ``image_index`` and run the stage's box head and predictor
+        without gradient; returns ``(box_predictor, predictions)``."""
+        features = getattr(self, "_sampling_features", None)
+        if features is None:
+            raise RuntimeError(
+                f"{type(self).__name__} evaluates the candidates with the features of the current "
+                f"forward; the {type(self.roi_sampler).__name__} sampler works only inside "
+                "forward()")
+        box_head, box_predictor = self.sampling_box_modules(stage)
+        with torch.no_grad():
+            x = [features[f][image_index:image_index + 1] for f in self.box_in_features]
+            predictions = box_predictor(box_head(self.box_pooler(x, [boxes])))
+        return box_predictor, predictions
 
     @torch.no_grad()
     def label_and_sample_proposals(
@@ -167,14 +197,16 @@ class RoISamplingMixin:
                 ious = torch.zeros_like(matched_idxs, dtype=torch.float32)
                 labels = torch.zeros_like(matched_idxs) + self.num_classes
 
-            predictions = None
+            predictions = head = None
             if self.roi_sampler.needs_predictions:
                 predictions = functools.partial(
                     self.candidate_predictions, proposals_per_image, labels, matched_idxs,
                     targets_per_image, image_index=image_index, stage=stage)
+                head = functools.partial(self.candidate_head, proposals_per_image,
+                                         image_index=image_index, stage=stage)
             sampled = self.roi_sampler(
                 Candidates(labels, ious, matched_idxs, self.num_classes, predictions,
-                           boxes=proposals_per_image.proposal_boxes.tensor))
+                           boxes=proposals_per_image.proposal_boxes.tensor, head=head))
             idx = sampled.indices
 
             proposals_per_image = proposals_per_image[idx]
@@ -206,7 +238,7 @@ class RoISamplingMixin:
 class SamplingStandardROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads):
     """Detectron2's ``StandardROIHeads`` with the RoI sampler chosen by ``MODEL.ROI_HEADS.SAMPLER``
     and the box predictor by ``MODEL.ROI_BOX_HEAD.PREDICTOR`` (e.g.
-    ``WeightedFastRCNNOutputLayers``, which applies PISA's weights). With the defaults, the head,
+    ``PISAFastRCNNOutputLayers``, which applies PISA's weights). With the defaults, the head,
     its initialisation under a seed included, is ``StandardROIHeads``'."""
 
 
@@ -223,7 +255,7 @@ class SamplingCascadeROIHeads(RoISamplingMixin, CascadeROIHeads):
       and add ``gt_ious``, ``loss_weights`` and the diagnostics of ``stage1``, ``stage2``, ...;
     - ``_init_box_head``: unless ``MODEL.ROI_BOX_HEAD.PREDICTOR`` is ``FastRCNNOutputLayers``,
       each stage's predictor is rebuilt by it (with the stage's box transform), so a weighted
-      predictor can apply PISA's weights.
+      predictor can apply a sampler's weights.
 
     With the ``random`` sampler the training is Detectron2's.
     """
