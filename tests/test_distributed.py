@@ -10,12 +10,12 @@ import os
 from datetime import timedelta
 
 import torch
-from torch import nn
+from detectron2.utils import comm
 
 from d2infra.engine import launch
 from imbalance.diagnostics import log_sampling_stats
+from toy_training import TinyModel, toy_cfg, toy_trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = 2
 # The whole batch: 4 samples of 3 features and a target each; process r trains on samples 2r, 2r+1.
 INPUTS = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0], [-2.0, 0.0, 1.0], [4.0, 1.0, 0.5]])
@@ -24,53 +24,25 @@ TARGETS = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0], [3.0, -2.0]])
 RANK_STATS = {0: ([0.55], 5), 1: ([0.75, 0.97], 9)}
 
 
-class TinyModel(nn.Module):
-    """Linear regression; loss = mean squared error over the process's samples."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(3, 2)
+class LoggingModel(TinyModel):
+    """TinyModel that also logs this process's sampling statistics at each training step."""
 
     def forward(self, batch):
-        x = torch.stack([d["x"] for d in batch])
-        y = torch.stack([d["y"] for d in batch])
-        if self.training:
-            from detectron2.utils import comm
+        ious, num_bg = RANK_STATS[comm.get_rank()]
+        log_sampling_stats("toy", torch.tensor(ious), len(ious), num_bg)
+        return super().forward(batch)
 
-            ious, num_bg = RANK_STATS[comm.get_rank()]
-            log_sampling_stats("toy", torch.tensor(ious), len(ious), num_bg)
-        return {"loss_mse": ((self.linear(x) - y) ** 2).mean()}
+
+def half_batch():
+    rows = [2 * comm.get_rank(), 2 * comm.get_rank() + 1]
+    return {"x": INPUTS[rows], "y": TARGETS[rows]}
 
 
 def _worker(output_dir: str) -> None:
     """One process: train_net's Trainer for one step on this process's half of the batch."""
-    from detectron2.utils import comm
-
-    import train_net
-
-    class ToyTrainer(train_net.Trainer):
-        @classmethod
-        def build_model(cls, cfg):
-            return TinyModel()
-
-        @classmethod
-        def build_train_loader(cls, cfg):
-            r = comm.get_rank()
-            half = [{"x": INPUTS[i], "y": TARGETS[i]} for i in (2 * r, 2 * r + 1)]
-            while True:
-                yield half
-
-        @classmethod
-        def test(cls, cfg, model, evaluators=None):
-            return {}
-
-    cfg = train_net.build_cfg(os.path.join(REPO, "configs", "Base-Shapes-RCNN-FPN.yaml"), [
-        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.BASE_LR", "0.1", "SOLVER.WARMUP_ITERS", "0", "DATASETS.TEST", "()",
-        "OUTPUT_DIR", output_dir,
-    ])
-    trainer = ToyTrainer(cfg)
+    cfg = toy_cfg(output_dir, "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "4",
+                  "SOLVER.BASE_LR", "0.1", "SOLVER.WARMUP_ITERS", "0")
+    trainer = toy_trainer(LoggingModel, half_batch)(cfg)
     trainer.train()
     grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
     torch.save(grads, os.path.join(output_dir, f"grads_rank{comm.get_rank()}.pth"))

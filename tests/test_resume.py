@@ -11,38 +11,12 @@ import shutil
 
 import torch
 from detectron2.engine import HookBase
-from torch import nn
 
-import train_net
+from toy_training import TinyModel, toy_cfg, toy_trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]])
 Y = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-
-
-class TinyModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(3, 2)
-
-    def forward(self, batch):
-        return {"loss_mse": ((self.linear(batch["x"]) - batch["y"]) ** 2).mean()}
-
-
-class ToyTrainer(train_net.Trainer):
-    @classmethod
-    def build_model(cls, cfg):
-        return TinyModel()
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        while True:
-            yield {"x": X, "y": Y}
-
-    @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        return {}
+ToyTrainer = toy_trainer(TinyModel, lambda: {"x": X, "y": Y})
 
 
 class Snapshot(HookBase):
@@ -60,11 +34,9 @@ class Snapshot(HookBase):
 
 def make_cfg(output_dir):
     # Warmup over 2 iterations, LR x0.1 at iteration 4: the LR differs at every phase.
-    return train_net.build_cfg(os.path.join(REPO, "configs", "Base-Shapes-RCNN-FPN.yaml"), [
-        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)",
-        "SOLVER.WARMUP_ITERS", "2", "SOLVER.BASE_LR", "0.05", "SOLVER.MOMENTUM", "0.9",
-        "SOLVER.CHECKPOINT_PERIOD", "3", "DATASETS.TEST", "()", "OUTPUT_DIR", str(output_dir),
-    ])
+    return toy_cfg(output_dir, "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)",
+                   "SOLVER.WARMUP_ITERS", "2", "SOLVER.BASE_LR", "0.05", "SOLVER.MOMENTUM", "0.9",
+                   "SOLVER.CHECKPOINT_PERIOD", "3")
 
 
 def momentum_buffers(optimizer_state):
