@@ -24,7 +24,6 @@ from .iou_branch import (
     IOU_LOSS_TYPES,
     IoUConfidenceDecodingMixin,
     check_alpha,
-    detection_confidence,
 )
 
 __all__ = ["ConfigurableFCOS", "IoUAwareFCOSHead", "IoUAwareFCOS"]
@@ -335,14 +334,12 @@ class IoUAwareFCOS(IoUConfidenceDecodingMixin, ConfigurableFCOS):
                     fields["centerness"] = c
                 if self.centerness_mode == "multiply":
                     quality = [iou * c for iou, c in zip(pred_ious, ctrness)]
-            # Eq. 5 with the localization quality q, before the top-k candidate selection.
-            confidences = [
-                detection_confidence(p, q, self.iou_alpha) for p, q in zip(cls_scores, quality)
-            ]
+            # Eq. 5 with the localization quality q ranks the candidates (before the top-k).
             deltas_per_image = [x[img_idx] for x in pred_deltas]
             results.append(
                 self.inference_single_image(
-                    anchors, confidences, deltas_per_image, image_size, extra_fields=extra_fields
+                    anchors, cls_scores, deltas_per_image, image_size, quality=quality,
+                    extra_fields=extra_fields,
                 )
             )
         return results

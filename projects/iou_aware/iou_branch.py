@@ -18,6 +18,7 @@ __all__ = [
     "detection_confidence",
     "iou_prediction_loss",
     "iou_branch_loss",
+    "candidate_score_floor",
     "IoUConfidenceDecodingMixin",
 ]
 
@@ -45,11 +46,12 @@ def detection_confidence(cls_scores: Tensor, ious: Tensor, alpha: float) -> Tens
 
     Args:
         cls_scores: (R, K) classification probabilities p.
-        ious: (R, 1) predicted IoUs (or any localization quality in [0, 1]), broadcast over classes.
+        ious: (R, 1) predicted IoUs (or any localization quality in [0, 1]), broadcast over classes;
+            or both of one shape, one IoU per score.
         alpha: in [0, 1]; a negative value gives the plain product p * IoU (Table 3, "none").
 
     Returns:
-        (R, K) confidences.
+        (R, K) confidences (the shape of ``cls_scores``).
     """
     if alpha < 0:
         return cls_scores * ious
@@ -120,13 +122,38 @@ def iou_branch_loss(
     return iou_prediction_loss(iou_logits, iou_targets.to(iou_logits.dtype), loss_type)
 
 
+def candidate_score_floor(alpha: float, score_thresh: float) -> float:
+    """A classification score p at or below which the confidence of Eq. 5 cannot pass
+    ``score_thresh``, whatever the localization quality q in [0, 1].
+
+    ``S = p^alpha q^(1 - alpha) <= p^alpha`` (and ``S = p q <= p`` for the product, alpha < 0), so
+    ``S > t`` needs ``p > t^(1 / alpha)``. The floor is lowered by a relative 1e-4, far more than
+    the float rounding of the powers, so that no candidate with ``S > t`` falls under it.
+
+    Returns:
+        The floor; -inf where every p may pass (alpha 0, or a threshold <= 0).
+    """
+    if score_thresh <= 0 or alpha == 0:
+        return float("-inf")
+    if alpha < 0 or alpha == 1:
+        return float(score_thresh)
+    return float(score_thresh) ** (1.0 / alpha) * (1.0 - 1e-4)
+
+
 class IoUConfidenceDecodingMixin:
-    """Inference of a Detectron2 dense detector that ranks candidates by a given confidence and
+    """Inference of a Detectron2 dense detector that ranks candidates by the confidence of Eq. 5,
+    ``S = p^alpha q^(1 - alpha)`` (``self.iou_alpha``; q a localization quality in [0, 1]), and
     carries per-candidate fields (``cls_scores``, ``pred_ious``, ...) into the output Instances.
 
     Put before the detector in the bases (``class X(IoUConfidenceDecodingMixin, RetinaNet)``). It
     redefines only :meth:`inference_single_image` and :meth:`_decode_per_level_predictions`, and only
-    when ``extra_fields`` are given; otherwise both fall through to Detectron2's.
+    when ``quality`` is given; otherwise both fall through to Detectron2's.
+
+    The detections are those of Detectron2's decoding (score threshold, top-k candidates per level,
+    per-class NMS) run on S of every location and class, as in the authors' code. S is computed only
+    where p exceeds :func:`candidate_score_floor`: elsewhere it cannot pass the threshold, and on a
+    trained model that is most of the (location, class) pairs. Candidates keep Detectron2's order,
+    so ties rank as they would there.
     """
 
     def iou_branch_losses(self, anchors, pred_deltas: List[Tensor], gt_labels: List[Tensor],
@@ -154,34 +181,39 @@ class IoUConfidenceDecodingMixin:
         score_thresh: float,
         topk_candidates: int,
         image_size: Tuple[int, int],
+        quality: Optional[Tensor] = None,
         extra_fields: Optional[Dict[str, Tensor]] = None,
     ) -> Instances:
-        """Detectron2's per-level decoding (score threshold, top-k, box decoding) on ``pred_scores``
-        (here the Eq. 5 confidence, HxWxA x K), gathering ``extra_fields`` (each HxWxA x K, or
-        HxWxA x 1 for per-anchor values) at the kept candidates.
+        """Detectron2's per-level decoding (score threshold, top-k, box decoding) ranked by the
+        Eq. 5 confidence of ``pred_scores`` (p, HxWxA x K) and ``quality`` (q, HxWxA x 1), gathering
+        ``extra_fields`` (each HxWxA x K, or HxWxA x 1 for per-anchor values) at the kept candidates.
 
         Returns:
-            Instances with "scores", "pred_boxes", "pred_classes" and one field per extra field.
+            Instances with "scores" (S), "pred_boxes", "pred_classes" and one field per extra field.
         """
-        if extra_fields is None:
+        if quality is None:
             return super()._decode_per_level_predictions(
                 anchors, pred_scores, pred_deltas, score_thresh, topk_candidates, image_size
             )
-        keep_idxs = pred_scores > score_thresh
-        scores = pred_scores[keep_idxs]
-        topk_idxs = torch.nonzero(keep_idxs)  # (K', 2): anchor index, class index
-        num_topk = min(topk_candidates, topk_idxs.size(0))
-        scores, idxs = scores.sort(descending=True)
-        scores = scores[:num_topk]
-        topk_idxs = topk_idxs[idxs[:num_topk]]
-        anchor_idxs, classes_idxs = topk_idxs.unbind(dim=1)
+        # (location, class) pairs in Detectron2's (row-major) order, where S can pass the threshold
+        candidates = torch.nonzero(pred_scores > candidate_score_floor(self.iou_alpha, score_thresh))
+        anchor_idxs, classes_idxs = candidates.unbind(dim=1)
+        scores = detection_confidence(
+            pred_scores[anchor_idxs, classes_idxs], quality[anchor_idxs, 0], self.iou_alpha
+        )
+        keep = scores > score_thresh
+        scores, anchor_idxs, classes_idxs = scores[keep], anchor_idxs[keep], classes_idxs[keep]
+        num_topk = min(topk_candidates, scores.numel())
+        scores, idxs = scores.sort(descending=True)  # as Detectron2 v0.6: all, then the top k
+        scores, idxs = scores[:num_topk], idxs[:num_topk]
+        anchor_idxs, classes_idxs = anchor_idxs[idxs], classes_idxs[idxs]
 
         pred_boxes = self.box2box_transform.apply_deltas(
             pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
         )
         fields = {
             name: value[anchor_idxs, classes_idxs if value.shape[1] > 1 else 0]
-            for name, value in extra_fields.items()
+            for name, value in (extra_fields or {}).items()
         }
         return Instances(
             image_size,
@@ -197,17 +229,21 @@ class IoUConfidenceDecodingMixin:
         box_cls: List[Tensor],
         box_delta: List[Tensor],
         image_size: Tuple[int, int],
+        quality: Optional[List[Tensor]] = None,
         extra_fields: Optional[List[Dict[str, Tensor]]] = None,
     ) -> Instances:
-        """Like :meth:`RetinaNet.inference_single_image`, with ``box_cls`` the per-level confidences
-        that rank the candidates in top-k, the score threshold and NMS, and ``extra_fields`` (one dict
-        per level) carried into the output.
+        """Like :meth:`RetinaNet.inference_single_image`, with the candidates ranked in top-k, the
+        score threshold and NMS by the confidence of Eq. 5 of ``box_cls`` (p) and ``quality`` (q,
+        one (HxWxA, 1) tensor per level), and ``extra_fields`` (one dict per level) carried into
+        the output.
 
         Returns:
             Instances with "pred_boxes", "scores" (the confidence), "pred_classes" and the extras.
         """
-        if extra_fields is None:
+        if quality is None:
             return super().inference_single_image(anchors, box_cls, box_delta, image_size)
+        if extra_fields is None:
+            extra_fields = [{} for _ in anchors]
         pred = Instances.cat(
             [
                 self._decode_per_level_predictions(
@@ -217,10 +253,11 @@ class IoUConfidenceDecodingMixin:
                     self.test_score_thresh,
                     self.test_topk_candidates,
                     image_size,
+                    quality=quality_i,
                     extra_fields=fields_i,
                 )
-                for anchors_i, scores_i, deltas_i, fields_i in zip(
-                    anchors, box_cls, box_delta, extra_fields
+                for anchors_i, scores_i, deltas_i, quality_i, fields_i in zip(
+                    anchors, box_cls, box_delta, quality, extra_fields
                 )
             ]
         )

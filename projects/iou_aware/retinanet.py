@@ -15,7 +15,6 @@ from .iou_branch import (
     IOU_LOSS_TYPES,
     IoUConfidenceDecodingMixin,
     check_alpha,
-    detection_confidence,
 )
 
 __all__ = ["IoUAwareRetinaNetHead", "IoUAwareRetinaNet"]
@@ -146,18 +145,16 @@ class IoUAwareRetinaNet(IoUConfidenceDecodingMixin, RetinaNet):
         for img_idx, image_size in enumerate(images.image_sizes):
             cls_scores = [x[img_idx].sigmoid() for x in pred_logits]  # (HWA, K) per level
             pred_ious = [x[img_idx].sigmoid() for x in pred_iou_logits]  # (HWA, 1) per level
-            # Eq. 5 on every anchor and class, before the top-k candidate selection (as in the
-            # authors' code), so the confidence ranks top-k, the score threshold and NMS.
-            confidences = [
-                detection_confidence(p, iou, self.iou_alpha) for p, iou in zip(cls_scores, pred_ious)
-            ]
+            # Eq. 5 ranks the candidates in top-k, the score threshold and NMS (computed before
+            # the top-k candidate selection, as in the authors' code).
             deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
             extra_fields = [
                 {"cls_scores": p, "pred_ious": iou} for p, iou in zip(cls_scores, pred_ious)
             ]
             results.append(
                 self.inference_single_image(
-                    anchors, confidences, deltas_per_image, image_size, extra_fields=extra_fields
+                    anchors, cls_scores, deltas_per_image, image_size, quality=pred_ious,
+                    extra_fields=extra_fields,
                 )
             )
         return results

@@ -1,0 +1,158 @@
+"""Tests of the IoU-aware detectors' inference: the decoding that evaluates Eq. 5 only where the
+classification score lets it pass the threshold gives the detections of the straightforward
+computation (Eq. 5 on every location and class, then Detectron2's own decoding) on fixed weights."""
+import math
+import os
+
+import pytest
+import torch
+
+import d2infra.modeling  # noqa: F401  registers the small backbone
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from imbalance.config import add_imbalance_config
+
+import iou_aware
+from iou_aware.iou_branch import candidate_score_floor
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
+SIZE = 128
+
+
+def test_candidate_score_floor_by_hand():
+    # alpha 0.5, t 0.05: S <= sqrt(p) > 0.05 needs p > 0.0025
+    assert candidate_score_floor(0.5, 0.05) == pytest.approx(0.0025 * (1 - 1e-4), rel=1e-12)
+    # alpha 0.3, t 0.05: p > 0.05^(1/0.3) = exp(-2.995732 / 0.3) = e^-10 * e^0.014227 = 4.6050e-5
+    assert candidate_score_floor(0.3, 0.05) == pytest.approx(4.6050e-5 * (1 - 1e-4), rel=1e-4)
+    # product (alpha < 0) and p alone (alpha 1): S <= p, so p > t
+    assert candidate_score_floor(-1.0, 0.05) == 0.05 and candidate_score_floor(1.0, 0.05) == 0.05
+    # S = q (alpha 0), or a threshold that lets everything pass: no floor
+    assert candidate_score_floor(0.0, 0.05) == -math.inf
+    assert candidate_score_floor(0.5, 0.0) == -math.inf
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.7])
+def test_no_candidate_that_passes_is_under_the_floor(alpha):
+    """With q = 1 (the largest S for a given p), float32 p just around the floor: every p whose
+    float32 confidence passes the threshold is above the floor."""
+    t = 0.05
+    exact = t ** (1 / alpha)
+    p = torch.linspace(exact * 0.999, exact * 1.001, 20001, dtype=torch.float32)
+    s = p.pow(alpha) * torch.ones(1).pow(1 - alpha)
+    passes = s > t
+    assert passes.any() and not passes.all()
+    assert (p[passes] > candidate_score_floor(alpha, t)).all()
+
+
+def make_cfg(config, **overrides):
+    cfg = get_cfg()
+    add_imbalance_config(cfg)
+    iou_aware.add_iou_aware_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.SMALL_RESNET.STEM_OUT_CHANNELS = 8
+    cfg.MODEL.SMALL_RESNET.STAGE_OUT_CHANNELS = [8, 16, 24, 32]
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    cfg.MODEL.FCOS.NUM_CLASSES = 3
+    # Few candidates per level, so that the top-k selection binds.
+    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 60
+    cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 60
+    cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
+    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
+    return cfg
+
+
+def trained_like(model, seed=0, iou_near_1=False):
+    """Fixed weights whose scores look like a trained model's: most classification scores far
+    below the threshold, a few above it, predicted IoUs spread over (0, 1) (or all near 1, the
+    largest confidence a classification score can reach)."""
+    torch.manual_seed(seed)
+    head = model.head
+    with torch.no_grad():
+        head.cls_score.weight.normal_(0, 0.3)
+        head.cls_score.bias.normal_(-4.0, 2.0)
+        for conv in (head.bbox_pred, head.iou_pred, getattr(head, "ctrness", None)):
+            if conv is not None:
+                conv.weight.normal_(0, 0.3)
+                conv.bias.normal_(0, 0.5)
+        if iou_near_1:
+            head.iou_pred.weight.normal_(0, 0.01)
+            head.iou_pred.bias.fill_(6.0)  # sigmoid(6) = 0.9975
+    return model.eval()
+
+
+def images(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.rand(3, SIZE, SIZE, generator=g) * 255} for _ in range(2)]
+
+
+def straightforward(model, batch, quality_of):
+    """Eq. 5 on every location and class (written out here), then Detectron2's decoding
+    (``RetinaNet.inference_single_image``: threshold, top-k per level, per-class NMS)."""
+    imgs = model.preprocess_image(batch)
+    features = model.backbone(imgs.tensor)
+    features = [features[f] for f in model.head_in_features]
+    outputs = model.head(features)
+    logits, deltas, *rest = outputs
+    n = model.num_classes
+    splits = [n, 4] + [1] * len(rest)
+    transposed = model._transpose_dense_predictions(outputs, splits)
+    logits, deltas, extra = transposed[0], transposed[1], transposed[2:]
+    anchors = model.anchor_generator(features)
+    a = model.iou_alpha
+    results = []
+    for i, size in enumerate(imgs.image_sizes):
+        confidences = []
+        for lvl in range(len(logits)):
+            p = logits[lvl][i].sigmoid()
+            q = quality_of([e[lvl][i].sigmoid() for e in extra])
+            confidences.append(p * q if a < 0 else p ** a * q ** (1 - a))
+        results.append(RetinaNet.inference_single_image(
+            model, anchors, confidences, [d[i] for d in deltas], size))
+    return imgs, features, outputs, results
+
+
+def assert_same_detections(ours, ref):
+    assert len(ref) > 20  # enough detections to compare
+    assert len(ours) == len(ref)
+    assert torch.equal(ours.pred_classes, ref.pred_classes)
+    assert torch.allclose(ours.scores, ref.scores, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
+
+
+# Detectron2's selection as configured (top-k binds), or every candidate above the threshold kept
+# to the output (no top-k, no NMS, no cap): the latter shows any candidate lost under the floor.
+KEEP_ALL = {"MODEL.RETINANET.TOPK_CANDIDATES_TEST": 100000, "MODEL.RETINANET.NMS_THRESH_TEST": 1.0,
+            "TEST.DETECTIONS_PER_IMAGE": 100000}
+
+
+@pytest.mark.parametrize("keep_all", [False, True])
+@pytest.mark.parametrize("alpha", [0.5, 0.3, -1.0, 1.0])
+def test_iou_aware_retinanet_detections_equal_the_straightforward_computation(alpha, keep_all):
+    model = trained_like(build_model(make_cfg(
+        "iou_aware_retinanet_smallR_FPN_shapes.yaml", **{"MODEL.IOU_AWARE.ALPHA": alpha},
+        **(KEEP_ALL if keep_all else {}))), iou_near_1=keep_all)
+    with torch.no_grad():
+        imgs, features, outputs, expected = straightforward(model, images(), lambda e: e[0])
+        ours = model.forward_inference(imgs, features, outputs)
+    for o, e in zip(ours, expected):
+        assert_same_detections(o, e)
+
+
+@pytest.mark.parametrize("mode", ["train_only", "multiply"])
+def test_iou_aware_fcos_detections_equal_the_straightforward_computation(mode):
+    model = trained_like(build_model(make_cfg(
+        "iou_aware_fcos_smallR_FPN_shapes.yaml",
+        **{"MODEL.IOU_AWARE.FCOS_CENTERNESS": mode, "MODEL.IOU_AWARE.ALPHA": 0.3})))
+
+    def quality(extra):  # extra: centerness, IoU (the head's order)
+        ctrness, iou = extra
+        return iou * ctrness if mode == "multiply" else iou
+
+    with torch.no_grad():
+        imgs, features, outputs, expected = straightforward(model, images(), quality)
+        ours = model.forward_inference(imgs, features, outputs)
+    for o, e in zip(ours, expected):
+        assert_same_detections(o, e)
