@@ -2,19 +2,22 @@
 
 Main's ``FastRCNNOutputLayers`` reads ``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE`` and ``USE_FED_LOSS``
 (absent in v0.6, where they are added by hand here). Our heads and predictors classify with the
-softmax cross-entropy, so they must refuse the keys with an error naming the key, through both
-build paths of d2infra.modeling.box_predictor: the heads' ``_init_box_head`` (R^3-CNN, Offset-Bin
-Faster R-CNN) and the predictor registry's builder (Offset-Bin Cascade stages).
+softmax cross-entropy, so they must refuse the keys with an error naming the key, before anything
+is built (d2infra.modeling.box_predictor: the heads' SoftmaxClassificationMixin, and the predictor
+registry's builder).
 """
 import pytest
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
+
+from d2infra.modeling import build_box_predictor
 
 from train_net import build_cfg
 
 CONFIGS = [
     "configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml",  # R3CNNROIHeads, FastRCNNOutputLayers
     "configs/offset_bin/offset_bin_faster_rcnn_smallR_FPN_shapes.yaml",  # OffsetBinROIHeads
-    "configs/offset_bin/offset_bin_cascade_rcnn_smallR_FPN_shapes.yaml",  # registry builder
+    "configs/offset_bin/offset_bin_cascade_rcnn_smallR_FPN_shapes.yaml",  # OffsetBinCascadeROIHeads
 ]
 
 
@@ -34,6 +37,13 @@ def test_heads_refuse_main_classification_keys(config, key):
     with pytest.raises(ValueError, match=f"MODEL.ROI_BOX_HEAD.{key}=True is not supported by "
                                          r"\w+: it classifies with the softmax"):
         build_model(cfg)
+
+
+def test_predictor_builder_refuses_them():
+    cfg = _cfg(CONFIGS[1], USE_SIGMOID_CE=True, USE_FED_LOSS=False)
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "OffsetBinOutputLayers"
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE=True is not supported by OffsetBinOutput"):
+        build_box_predictor(cfg, ShapeSpec(channels=16))
 
 
 def test_heads_build_with_the_keys_off():

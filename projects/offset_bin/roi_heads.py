@@ -4,7 +4,11 @@ from detectron2.config import CfgNode
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 
-from d2infra.modeling import PredictorFromConfigMixin, build_box_predictor
+from d2infra.modeling import (
+    PredictorFromConfigMixin,
+    SoftmaxClassificationMixin,
+    build_box_predictor,
+)
 from imbalance.samplers import RoISamplingMixin
 
 from .output_layers import OffsetBinOutputLayers
@@ -57,7 +61,7 @@ class OffsetBinROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIH
 
 
 @ROI_HEADS_REGISTRY.register()
-class OffsetBinCascadeROIHeads(RoISamplingMixin, CascadeROIHeads):
+class OffsetBinCascadeROIHeads(RoISamplingMixin, SoftmaxClassificationMixin, CascadeROIHeads):
     """Cascade R-CNN whose every stage classifies offset bins instead of regressing them.
 
     "We replace the regression branch of each stage in Cascade R-CNN with our offset bin class

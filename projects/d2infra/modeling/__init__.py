@@ -7,12 +7,14 @@ from .backbone import (
 from .box_predictor import (
     ROI_BOX_PREDICTOR_REGISTRY,
     PredictorFromConfigMixin,
+    SoftmaxClassificationMixin,
     build_box_predictor,
 )
 
 __all__ = [
     "ROI_BOX_PREDICTOR_REGISTRY",
     "PredictorFromConfigMixin",
+    "SoftmaxClassificationMixin",
     "build_box_predictor",
     "build_small_resnet_backbone",
     "build_small_resnet_fpn_backbone",

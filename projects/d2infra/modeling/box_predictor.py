@@ -8,8 +8,8 @@ Every head and predictor of this project classifies with a softmax over K + 1 cl
 cross-entropy; the samplers rank RoIs by it, R^3-CNN averages its probabilities over loops,
 offset-bin's losses are written for it). Detectron2 main (after v0.6) adds two options to
 ``FastRCNNOutputLayers`` that replace it, ``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE`` and
-``USE_FED_LOSS``: both build paths below refuse them (:func:`check_softmax_classification`)
-instead of silently training with the softmax.
+``USE_FED_LOSS``: our heads (:class:`SoftmaxClassificationMixin`) and the predictor builder refuse
+them (:func:`check_softmax_classification`) instead of silently training with the softmax.
 """
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -24,7 +24,7 @@ built as ``cls(cfg, input_shape, **kwargs)``, like ``FastRCNNOutputLayers``.
 ROI_BOX_PREDICTOR_REGISTRY.register(FastRCNNOutputLayers)
 
 # Detectron2 main's keys (absent in v0.6) that replace the softmax cross-entropy of the box head.
-NOT_SOFTMAX_KEYS = ("USE_SIGMOID_CE", "USE_FED_LOSS")
+NOT_SOFTMAX_KEYS = ("USE_FED_LOSS", "USE_SIGMOID_CE")
 
 
 def check_softmax_classification(cfg: CfgNode, user: str) -> None:
@@ -50,12 +50,22 @@ def build_box_predictor(cfg: CfgNode, input_shape: ShapeSpec, **kwargs):
     return ROI_BOX_PREDICTOR_REGISTRY.get(name)(cfg, input_shape, **kwargs)
 
 
-class PredictorFromConfigMixin:
-    """Mix in before ``StandardROIHeads`` (or a subclass) to build ``box_predictor`` by config."""
+class SoftmaxClassificationMixin:
+    """Mix in before Detectron2's ``StandardROIHeads`` or ``CascadeROIHeads`` (or a subclass) whose
+    box classification is softmax-only: ``_init_box_head`` refuses Detectron2 main's sigmoid and
+    federated keys before anything is built."""
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         check_softmax_classification(cfg, cls.__name__)
+        return super()._init_box_head(cfg, input_shape)
+
+
+class PredictorFromConfigMixin(SoftmaxClassificationMixin):
+    """Mix in before ``StandardROIHeads`` (or a subclass) to build ``box_predictor`` by config."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         # Detectron2's head already built a FastRCNNOutputLayers: keep it, so that one seed gives
         # the same weights as Detectron2; build (and initialise) another predictor only if asked.
