@@ -16,7 +16,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
-from . import shapes
+from . import nuclei, shapes
 
 __all__ = [
     "SHAPES_DATASETS",
@@ -79,7 +79,7 @@ def register_shapes_datasets() -> None:
 
 
 def ensure_generated(dataset_name: str) -> Tuple[str, str]:
-    """Generates shapes dataset ``dataset_name`` if it is not on disk yet; no-op for others.
+    """Generates shapes (or nuclei) dataset ``dataset_name`` if not on disk yet; no-op for others.
 
     Call it before building a COCOEvaluator, which reads ``json_file`` from the metadata. Also
     refreshes the metadata paths if ``$DETECTRON2_DATASETS`` changed.
@@ -88,6 +88,8 @@ def ensure_generated(dataset_name: str) -> Tuple[str, str]:
         (json_file, image_root) of a shapes dataset; for any other dataset its metadata's
         ``json_file`` and ``image_root`` (None where unset), untouched.
     """
+    if dataset_name in nuclei.NUCLEI_DATASETS:
+        return nuclei.ensure_registered(dataset_name)
     if dataset_name not in SHAPES_DATASETS:
         meta = MetadataCatalog.get(dataset_name)
         return meta.get("json_file"), meta.get("image_root")
@@ -229,7 +231,7 @@ def check_dataset_names(cfg: CfgNode) -> None:
         cfg_custom = list(cfg.DATASETS.get("COCO_FORMAT", {}).get("NAMES", []))
         raise UnknownDatasetError(
             "Unknown dataset name(s): " + ", ".join(unknown) + ". "
-            f"Embedded: {list(SHAPES_DATASETS)}. "
+            f"Embedded: {list(SHAPES_DATASETS) + list(nuclei.NUCLEI_DATASETS)}. "
             f"COCO-format datasets registered: {custom or 'none'}"
             + (f" (DATASETS.COCO_FORMAT.NAMES = {cfg_custom})" if cfg_custom != custom else "")
             + ". Register your own with DATASETS.COCO_FORMAT.NAMES / JSON_FILES / IMAGE_ROOTS."
