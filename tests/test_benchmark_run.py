@@ -1,5 +1,5 @@
-"""benchmarks/run.py: AP at one IoU from pycocotools' precision array, and a --quick run end to end
-(one pair and one eval-only ablation), resumed."""
+"""benchmarks/run.py: AP at one IoU from pycocotools' precision array, the protocol's suite, and a
+--quick run end to end (the LR sweep, one pair and one eval-only ablation), resumed."""
 import argparse
 import contextlib
 import io
@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -17,9 +18,14 @@ from pycocotools.cocoeval import COCOeval
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from run import (METRICS, RESULTS_BEGIN, RESULTS_END, _check_resumable, _verdict,  # noqa: E402
-                 aggregate, ap_at_iou, box_ap_at_ious, config_changes, render_markdown)
-from suites import Model, Pair, Suite, get_suite, models_to_train  # noqa: E402
+from coco_ap import METRICS, ap_at_iou, box_ap_at_ious  # noqa: E402
+from lr_sweep import TIE_AP, choose_rate, own_best_rate  # noqa: E402
+from planning import Planner, Run  # noqa: E402
+from records import config_changes, config_dict, write_json  # noqa: E402
+from report_aggregate import aggregate  # noqa: E402
+from report_markdown import RESULTS_BEGIN, RESULTS_END, _verdict, render_markdown  # noqa: E402
+from suites import LRSweep, Model, Pair, Suite, get_suite  # noqa: E402
+from train_child import check_resumable  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,68 +104,68 @@ def test_box_ap_at_ious_from_files(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The suite definitions
 # ---------------------------------------------------------------------------------------------
-def test_embedded_suite_configs_exist_and_headlines_repeat():
+def test_embedded_suite_follows_the_protocol():
     suite = get_suite("embedded")
     for m in suite.models.values():
         assert os.path.isfile(os.path.join(REPO, m.config)), m.config
-    order = models_to_train(suite, list(suite.seeds))
-    assert len(order) == len(set(order))
-    assert {m for m, _ in order} == set(suite.models)
-    seeded = {"retinanet", "iou_aware_retinanet", "faster_rcnn", "offset_bin_K1"}
-    assert {m for m, s in order if s == 2} == {m for m, s in order if s == 3} == seeded
-    assert suite.seeds == (1, 2, 3)
-    for p in suite.pairs:  # a pair's members share one schedule
-        assert len({suite.schedule(m) for m in p.models}) == 1, p.name
-    assert suite.schedule("faster_rcnn") == 600 and suite.schedule("retinanet") == 1500
+    # issue 15: seeds 1-3 for these, the rest seed 1
+    seeded = {m for p in suite.pairs for m in p.models_over_seeds()}
+    assert seeded == {"mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive", "retinanet",
+                      "iou_aware_retinanet", "faster_rcnn", "offset_bin_K1", "offset_bin_K2",
+                      "sampler_iou_balanced", "sampler_pisa", "nuclei_mask_rcnn",
+                      "nuclei_cascade_mask_rcnn", "nuclei_r3cnn"}
+    assert suite.seeds == (1, 2, 3) and suite.max_iter is None  # the configs' 1500 iterations
+    assert suite.lr_sweep.grid == (0.005, 0.01, 0.02)
+    assert suite.lr_sweep.baselines == {"single_stage": ("retinanet",),
+                                        "two_stage": ("faster_rcnn", "mask_rcnn")}
+    assert suite.long_schedule == ("mask_rcnn", "r3cnn_naive") and suite.long_factor == 3
     with pytest.raises(ValueError, match="no_such_pair"):
         suite.select(["no_such_pair"])
+    # --only keeps the LR sweep of the selected models' family
+    sub = suite.select(["fcos_vs_iou_aware"])
+    assert sub.lr_sweep.baselines == {"single_stage": ("retinanet",)}
+    assert set(sub.models) == {"fcos", "iou_aware_fcos", "retinanet"}
 
 
-def test_suite_check_rejects_mixed_schedules_and_stray_seeded_models():
-    models = {"a": Model("a", "a.yaml", "A"), "b": Model("b", "b.yaml", "B", max_iter=100)}
-    with pytest.raises(ValueError, match="share one schedule"):
-        Suite("s", models, (Pair("p", "P", ("a", "b"), "claim"),), max_iter=50).check()
-    Suite("s", models, (Pair("p", "P", ("a", "b"), "claim"),), max_iter=100).check()
+def test_suite_check_rejects_mixed_families_and_stray_seeded_models():
+    models = {"a": Model("a", "a.yaml", "A"), "b": Model("b", "b.yaml", "B", family="single_stage"),
+              "c": Model("c", "c.yaml", "C")}
+    with pytest.raises(ValueError, match="one family"):
+        Suite("s", models, (Pair("p", "P", ("a", "b"), "claim"),)).check()
+    Suite("s", models, (Pair("p", "P", ("a", "c"), "claim"),)).check()
     with pytest.raises(ValueError, match="noise_from 'a' is not a seeded model"):
-        Suite("s", models, (Pair("p", "P", ("a", "b"), "claim", noise_from="a"),),
-              max_iter=100).check()
-    with pytest.raises(ValueError, match=r"seeded models \['c'\]"):
-        Suite("s", models, (Pair("p", "P", ("a", "b"), "c", headline=True, seeded=("c",)),),
-              max_iter=100).check()
+        Suite("s", models, (Pair("p", "P", ("a", "c"), "claim", noise_from="a"),)).check()
+    with pytest.raises(ValueError, match=r"seeded models \['b'\]"):
+        Suite("s", models, (Pair("p", "P", ("a", "c"), "c", seeded=("b",)),)).check()
 
 
 def test_interrupted_run_resumes_only_with_its_own_configuration(tmp_path):
-    spec = {"model": "m", "config": "configs/x.yaml", "model_opts": [], "quick": False,
-            "schedule_opts": ["SOLVER.MAX_ITER", "600"], "seed": 1}
+    spec = {"config": "configs/x.yaml", "opts": ["SOLVER.BASE_LR", "0.01", "SEED", "1"]}
     out = str(tmp_path / "m-seed1")
-    _check_resumable(out, spec)
-    _check_resumable(out, spec)  # same configuration: resumes
+    check_resumable(out, spec)
+    check_resumable(out, spec)  # same configuration: resumes
     with pytest.raises(SystemExit, match="another configuration"):
-        _check_resumable(out, {**spec, "schedule_opts": ["SOLVER.MAX_ITER", "1500"]})
+        check_resumable(out, {**spec, "opts": ["SOLVER.BASE_LR", "0.02", "SEED", "1"]})
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "last_checkpoint").write_text("model_0000499.pth")
     with pytest.raises(SystemExit, match="unknown configuration"):
-        _check_resumable(str(tmp_path / "old"), spec)
+        check_resumable(str(tmp_path / "old"), spec)
 
 
-def test_a_finished_run_whose_config_changed_is_reported_stale(tmp_path):
+def test_a_finished_run_whose_config_changed_is_reported_stale():
     from train_net import build_cfg
 
-    config = "configs/iou_aware/iou_aware_fcos_smallR_FPN_shapes.yaml"
-    spec = {"model": "m", "config": config, "model_opts": [], "quick": False,
-            "schedule_opts": ["SOLVER.MAX_ITER", "600"], "seed": 1}
-    out = tmp_path / "m-seed1"
-    out.mkdir()
-    assert config_changes(spec, 1, str(out)) == []  # no saved config: nothing to compare
+    config = os.path.join(REPO, "configs/iou_aware/iou_aware_fcos_smallR_FPN_shapes.yaml")
+    now = config_dict(build_cfg(config, ["SEED", "1"]))
     # what the run saved when it was trained: the same config then, with the old target gradient
-    trained = build_cfg(os.path.join(REPO, config), ["SOLVER.MAX_ITER", "600", "SEED", "1",
-                                                     "OUTPUT_DIR", "/elsewhere",
-                                                     "MODEL.IOU_AWARE.TARGET_GRADIENT", "True"])
-    (out / "config.yaml").write_text(trained.dump())
-    assert config_changes(spec, 1, str(out)) == ["MODEL.IOU_AWARE.TARGET_GRADIENT: True -> False"]
-    trained = build_cfg(os.path.join(REPO, config), ["SOLVER.MAX_ITER", "600", "SEED", "1"])
-    (out / "config.yaml").write_text(trained.dump())
-    assert config_changes(spec, 1, str(out)) == []
+    trained = config_dict(build_cfg(config, ["SEED", "1", "OUTPUT_DIR", "/elsewhere",
+                                             "MODEL.IOU_AWARE.TARGET_GRADIENT", "True"]))
+    assert config_changes(trained, now) == ["MODEL.IOU_AWARE.TARGET_GRADIENT: True -> False"]
+    # a key added since (a new option, whose default keeps the old behaviour) is not a change
+    older = json.loads(json.dumps(now))
+    del older["MODEL"]["IOU_AWARE"]["TARGET_GRADIENT"]
+    assert config_changes(older, now) == []
+    assert config_changes(now, json.loads(json.dumps(now))) == []  # json round trip: lists
 
 
 def test_verdict_against_the_seed_noise():
@@ -211,23 +217,40 @@ def quick(tmp_path_factory):
 
 
 def test_quick_writes_well_formed_json(quick):
-    _, log, path = quick
+    tmp, log, path = quick
     report = json.loads(path.read_text())  # strict JSON: no NaN
     assert report["quick"] and report["seeds"] == [1, 2, 3]  # the suite's default
-    assert report["schedule"]["max_iter"] == [3] and report["schedule"]["train"] == [
-        "shapes_mini_train"]
-    assert set(report["models"]) == {"fcos", "iou_aware_fcos", "iou_aware_retinanet"}
+    assert report["complete"] and report["missing"] == []
+    assert report["schedule"]["max_iter"] == [3] and report["schedule"]["datasets"] == [
+        {"train": ["shapes_mini_train"], "test": ["shapes_mini_val"]}]
+    # the LR sweep of the single-stage family ran first and chose its rate
+    sweep = report["lr_sweep"]["families"]
+    assert list(sweep) == ["single_stage"] and set(sweep["single_stage"]["rows"]) == {"retinanet"}
+    rate = report["rates"]["single_stage"]["rate"]
+    assert rate in (0.005, 0.01, 0.02)
+    assert set(report["models"]) == {"fcos", "iou_aware_fcos", "iou_aware_retinanet", "retinanet"}
     for name, entry in report["models"].items():
         run = entry["runs"]["1"]
+        assert entry["lr"] == rate and run["base_lr"] == rate  # every member at the family's rate
         for k in METRICS:
             v = entry["mean"][k]
             assert v is None if k == "mask_AP" else 0.0 <= v <= 100.0, (name, k, v)
         assert run["metrics"]["check_max_abs_diff_loc_quality"] < 1e-6
         assert entry["params_total"] > entry["params_head"] > 0 and entry["head_module"] == "head"
         assert entry["peak_rss_mb"] > 50 and run["train_s_per_iter_median"] > 0
+        assert run["command"].startswith("python train_net.py --config-file configs/")
+    # one record per training, in the records dir, with what a fresh clone needs to skip it
+    records = {p.name for p in (tmp / "work" / "records").glob("*-seed1.json")}
+    assert records == ({f"{m}-lr{rate:g}-seed1.json" for m in ("fcos", "iou_aware_fcos",
+                                                               "iou_aware_retinanet")}
+                       | {f"retinanet-lr{g}-seed1.json" for g in ("0.005", "0.01", "0.02")})
+    rec = json.loads((tmp / "work" / "records" / f"fcos-lr{rate:g}-seed1.json").read_text())
+    for k in ("metrics", "config_digest", "merged_config", "data_digest", "command", "machine",
+              "date", "git_commit"):
+        assert rec.get(k) is not None, k
     (pair,) = report["pairs"]
     assert pair["baseline"] == "fcos" and pair["same_data_order"]
-    assert pair["speed"]["fcos"]["train_ratio"] == 1.0 and pair["speed"]["fcos"]["infer_ratio"] == 1.0
+    assert pair["speed"]["fcos"]["train_ratio"] == pair["speed"]["fcos"]["infer_ratio"] == 1.0
     assert pair["speed"]["iou_aware_fcos"]["train_s_per_iter"] > 0
     (ab,) = report["ablations"]
     assert ab["key"] == "MODEL.IOU_AWARE.ALPHA"
@@ -242,6 +265,7 @@ def test_quick_writes_the_markdown_table(quick):
     assert md.startswith("## Results") and "- Command: `python benchmarks/run.py" in md
     assert "- Machine: " in md and "- Date: " in md
     assert get_suite("embedded").note in md  # what a reader must know about the suite
+    assert "### Learning-rate sweep" in md and "| single-stage | RetinaNet |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     pair_rows = [r for r in rows if r.startswith("| FCOS") or r.startswith("| IoU-aware FCOS")]
     assert len(pair_rows) == 2 and all(r.count("|") == 15 for r in pair_rows)
@@ -267,23 +291,42 @@ def test_quick_writes_the_markdown_table(quick):
 
 def test_quick_resumes_without_retraining(quick):
     tmp, _, path = quick
-    before = {p: p.stat().st_mtime for p in (tmp / "work").rglob("*.json")}
+    before = {p: p.stat().st_mtime for p in (tmp / "work" / "records").rglob("*.json")}
     log = _run(tmp)
-    assert log.count("done, skipped") >= 3 + 1 + 12  # 3 trainings, 1 speed pair, 12 alpha values
+    assert "Left: 0 trainings, 0 speed comparisons, 0 ablations" in log
     assert "Starting training" not in log
     assert {p: p.stat().st_mtime for p in before} == before
 
 
+def test_a_fresh_clone_resumes_from_the_records(quick, tmp_path):
+    """The work dir (checkpoints) is lost between sessions; the records are committed. From the
+    records alone no training is repeated, except one that a speed piece needs the weights of."""
+    tmp, _, _ = quick
+    shutil.copytree(tmp / "work" / "records", tmp_path / "work" / "records")
+    suite = get_suite("embedded").select(ONLY)
+    planner = Planner(suite, [1, 2, 3], str(tmp_path / "work" / "records"),
+                      str(tmp_path / "work"), quick=True)
+    assert all(p.status == "done" for p in planner.pieces())
+    speed = tmp_path / "work" / "records" / "speed-fcos_vs_iou_aware.json"
+    speed.unlink()  # a pair whose speed was not timed yet: its members' weights are needed
+    todo = [(p.kind, p.name, p.why) for p in planner.pieces() if p.status != "done"]
+    rate = planner.rates()["single_stage"][0]
+    assert todo == [("train", f"fcos-lr{rate:g}-seed1", "weights for speed-fcos_vs_iou_aware"),
+                    ("train", f"iou_aware_fcos-lr{rate:g}-seed1",
+                     "weights for speed-fcos_vs_iou_aware"),
+                    ("speed", "speed-fcos_vs_iou_aware", "pair fcos_vs_iou_aware")]
+
+
 def test_speed_is_timed_again_when_the_pair_gained_a_member(quick):
-    """A speed file that lacks a member of its pair (a model added to the pair after the speed
+    """A speed record that lacks a member of its pair (a model added to the pair after the speed
     phase ran) is not "done": the pair is timed again, every member in one process."""
     tmp, _, _ = quick
-    (path,) = (tmp / "work").rglob("speed-fcos_vs_iou_aware.json")
+    path = tmp / "work" / "records" / "speed-fcos_vs_iou_aware.json"
     speed = json.loads(path.read_text())
-    del speed["models"]["iou_aware_fcos"]
+    del speed["runs"]["iou_aware_fcos"]
     path.write_text(json.dumps(speed))
     log = _run(tmp)
-    assert "[speed] fcos_vs_iou_aware: done, skipped" not in log
+    assert "speed speed-fcos_vs_iou_aware (pair fcos_vs_iou_aware)" in log
     assert set(json.loads(path.read_text())["models"]) == {"fcos", "iou_aware_fcos"}
     assert "Starting training" not in log
 
@@ -292,19 +335,18 @@ def test_a_diverged_run_does_not_count_as_other_data(quick, tmp_path):
     """The data-order check compares the digests of the runs that trained to the end: a run that
     diverged saw only the first batches (another digest) and must not raise the warning."""
     tmp, _, _ = quick
-    (src,) = {p.parent.parent for p in (tmp / "work").rglob("fcos-seed1/result.json")}
-    work = tmp_path / "work"
-    shutil.copytree(src, work)
-    args = argparse.Namespace(quick=True, argv=["--quick"])
-    suite = get_suite("embedded").select(["fcos_vs_iou_aware"])
-    result = work / "iou_aware_fcos-seed1" / "result.json"
+    shutil.copytree(tmp / "work" / "records", tmp_path / "records")
+    planner = Planner(get_suite("embedded").select(["fcos_vs_iou_aware"]), [1],
+                      str(tmp_path / "records"), str(tmp / "work"), quick=True)
+    rate = planner.rates()["single_stage"][0]
+    result = tmp_path / "records" / f"iou_aware_fcos-lr{rate:g}-seed1.json"
     run = json.loads(result.read_text())
     run["data_digest"] = "a prefix of the batches"
     result.write_text(json.dumps(run))
-    assert not aggregate(suite, str(work), [1], args)["pairs"][0]["same_data_order"]
+    assert not aggregate(planner, "cmd", True)["pairs"][0]["same_data_order"]
     run["diverged"] = {"iteration": 2, "error": "Loss became infinite or NaN at iteration=2!"}
     result.write_text(json.dumps(run))
-    assert aggregate(suite, str(work), [1], args)["pairs"][0]["same_data_order"]
+    assert aggregate(planner, "cmd", True)["pairs"][0]["same_data_order"]
 
 
 def test_a_diverged_model_is_reported_not_hidden(quick):
@@ -322,3 +364,88 @@ def test_a_diverged_model_is_reported_not_hidden(quick):
     assert "(seed 1 diverged at iteration 152)" in row and row.count("|") == 15
     assert "| - | - |" in row  # no speed
     assert "IoU-aware FCOS diverged (seed 1 at iteration 152)" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol's learning-rate rule and plan, on hand-made sweep results
+# ---------------------------------------------------------------------------------------------
+GRID = (0.005, 0.01, 0.02)
+
+
+def test_the_family_rate_is_the_best_mean_box_ap_of_its_baselines():
+    two = ("faster", "mask")
+    # incomplete: no rate yet, and it says what is missing
+    rate, why = choose_rate(GRID, two, {("faster", 0.005): 20.0})
+    assert rate is None and "5 to train" in why and "mask at 0.005" in why
+    # both baselines best at 0.01: 0.01
+    agree = {("faster", 0.005): 20.0, ("faster", 0.01): 30.0, ("faster", 0.02): 25.0,
+             ("mask", 0.005): 22.0, ("mask", 0.01): 31.0, ("mask", 0.02): 24.0}
+    assert choose_rate(GRID, two, agree)[0] == 0.01
+    # they disagree: means 0.005: (20+40)/2 = 30, 0.01: (30+28)/2 = 29, 0.02: (35+20)/2 = 27.5
+    disagree = {("faster", 0.005): 20.0, ("faster", 0.01): 30.0, ("faster", 0.02): 35.0,
+                ("mask", 0.005): 40.0, ("mask", 0.01): 28.0, ("mask", 0.02): 20.0}
+    rate, why = choose_rate(GRID, two, disagree)
+    assert rate == 0.005 and "0.005: 30.0, 0.01: 29.0, 0.02: 27.5" in why
+    # a rate where one baseline diverged is out, however good the other was there
+    diverged = {**disagree, ("mask", 0.005): None}
+    rate, why = choose_rate(GRID, two, diverged)
+    assert rate == 0.01 and "diverged at 0.005" in why
+    # means within TIE_AP: the lowest rate
+    tie = {("faster", 0.005): 30.0, ("faster", 0.01): 30.0 + TIE_AP / 2, ("faster", 0.02): 10.0}
+    assert choose_rate(GRID, ("faster",), tie)[0] == 0.005
+    assert choose_rate(GRID, ("faster",), {**tie, ("faster", 0.01): 30.2})[0] == 0.01
+    with pytest.raises(ValueError, match="every BASE_LR"):
+        choose_rate(GRID, ("faster",), {("faster", lr): None for lr in GRID})
+    assert own_best_rate(GRID, "x", {("x", lr): None for lr in GRID})[0] is None
+
+
+def _planner(tmp_path) -> Planner:
+    models = {"base": Model("base", "configs/baselines/faster_rcnn_smallR_FPN_shapes.yaml", "Base"),
+              "other": Model("other",
+                             "configs/offset_bin/offset_bin_K1_faster_rcnn_smallR_FPN_shapes.yaml",
+                             "Other")}
+    suite = Suite("t", models, (Pair("p", "P", ("base", "other"), "claim", seeded=("base",)),),
+                  seeds=(1, 2), lr_sweep=LRSweep(GRID, {"two_stage": ("base",)}))
+    suite.check()
+    return Planner(suite, [1, 2], str(tmp_path / "records"), str(tmp_path / "work"))
+
+
+def _record(planner: Planner, run: Run, ap: Optional[float]) -> None:
+    """A hand-made record of a finished run (box AP ``ap``; None: diverged)."""
+    write_json(planner.record_path(run), {
+        "run": run.name, "model": run.model, "seed": run.seed, "lr": run.lr,
+        "diverged": {"iteration": 50, "error": "NaN"} if ap is None else None,
+        "metrics": {"AP": ap}, "merged_config": planner.config_now(run), "config_digest": "d"})
+
+
+def test_the_plan_follows_the_sweep(tmp_path):
+    planner = _planner(tmp_path)
+    status = lambda: [(p.name, p.status) for p in planner.pieces()]  # noqa: E731
+    first = status()
+    assert first[:3] == [(f"base-lr{g}-seed1", "todo") for g in ("0.005", "0.01", "0.02")]
+    assert ("other-lr?-seed1", "waiting (its family's rate: after the LR sweep)") in first
+    # the sweep: 0.02 diverged, 0.01 best -> every member of the family at 0.01, and the sweep's
+    # run of the baseline at 0.01 is its first seed (not trained twice)
+    for lr, ap in ((0.005, 20.0), (0.01, 30.0), (0.02, None)):
+        _record(planner, Run("base", 1, lr), ap)
+    assert planner.rates()["two_stage"][0] == 0.01
+    assert [(p.kind, p.name, p.status) for p in planner.pieces()[3:]] == [
+        ("train", "other-lr0.01-seed1", "todo"), ("speed", "speed-p", "waiting (its trainings)"),
+        ("train", "base-lr0.01-seed2", "todo")]
+    assert planner.opts(Run("other", 1, 0.01))[-4:] == ["SOLVER.BASE_LR", "0.01", "SEED", "1"]
+    # the member diverges at its family's rate: it is trained at the other rates of the grid,
+    # and its best one is its extra row
+    _record(planner, Run("other", 1, 0.01), None)
+    extra = [(p.name, p.why) for p in planner.pieces() if p.why.startswith("own rate")]
+    assert extra == [("other-lr0.005-seed1", "own rate (diverged at its family's)"),
+                     ("other-lr0.02-seed1", "own rate (diverged at its family's)")]
+    _record(planner, Run("other", 1, 0.005), 12.0)
+    assert planner.own_rate("other")[0] is None  # 0.02 not trained yet
+    _record(planner, Run("other", 1, 0.02), 15.0)
+    assert planner.own_rate("other")[0] == 0.02
+    # a record whose config is not what the suite would train now is stale
+    rec = json.loads(open(planner.record_path(Run("base", 1, 0.005))).read())
+    rec["merged_config"]["MODEL"]["ROI_HEADS"]["BATCH_SIZE_PER_IMAGE"] = 512
+    write_json(planner.record_path(Run("base", 1, 0.005)), rec)
+    assert dict(status())["base-lr0.005-seed1"] == (
+        "stale (MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 512 -> 64)")

@@ -1,0 +1,325 @@
+"""Planning: the pieces the protocol asks of a suite (trainings, speed comparisons, eval-only
+ablations), in order, with what each needs, what is done already (the committed records) and how
+long the rest should take.
+
+Order: (1) the LR sweep of each family's baselines; then, for the families whose rate is chosen,
+(2) pair by pair, every member with the first seed, the pair's speed and its ablations; (3) the
+seeded models with the other seeds; (4) the long-schedule check; (5) a member that diverged at its
+family's rate, at the other rates of the grid (its own best one is an extra row).
+"""
+import os
+import statistics
+from dataclasses import dataclass, field
+from glob import glob
+from typing import Dict, List, Optional, Tuple
+
+from lr_sweep import choose_rate, own_best_rate
+from records import REPO, config_changes, config_dict, read_json, read_json_or_none
+from suites import Ablation, Pair, Suite
+
+__all__ = ["Run", "Piece", "Planner", "QUICK_OPTS", "schedule_opts", "format_duration"]
+
+# --quick: a few iterations on the mini splits, so the whole pipeline runs in CI.
+QUICK_OPTS = [
+    "DATASETS.TRAIN", '("shapes_mini_train",)', "DATASETS.TEST", '("shapes_mini_val",)',
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "0",
+]
+# Estimates for a model never timed: s/iteration by family, and model building + evaluation.
+_GUESS_S_PER_ITER = {"two_stage": 0.6, "single_stage": 0.23}
+_GUESS_OVERHEAD_S = 120.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training. ``lr`` None: its family's rate is not chosen yet; ``factor``: a multiple of
+    the schedule (the long-schedule check)."""
+
+    model: str
+    seed: int
+    lr: Optional[float]
+    factor: int = 1
+
+    @property
+    def name(self) -> str:
+        lr = "?" if self.lr is None else f"{self.lr:g}"
+        factor = "" if self.factor == 1 else f"-x{self.factor}"
+        return f"{self.model}-lr{lr}{factor}-seed{self.seed}"
+
+
+@dataclass
+class Piece:
+    """One child process: kind "train" (``run``), "speed" (``pair``) or "ablation"
+    (``ablation``). ``why``: its phase, or, for a training that only restores weights, the piece
+    that needs them. ``status``: "done", "todo", "waiting (...)" or "stale (...)"."""
+
+    kind: str
+    why: str
+    run: Optional[Run] = None
+    pair: Optional[Pair] = None
+    ablation: Optional[Ablation] = None
+    status: str = "todo"
+    runs: Dict[str, Run] = field(default_factory=dict)  # speed/ablation: model -> the run timed
+
+    @property
+    def name(self) -> str:
+        return (self.run.name if self.kind == "train" else
+                f"speed-{self.pair.name}" if self.kind == "speed" else
+                f"ablation-{self.ablation.name}")
+
+
+def schedule_opts(max_iter: int, base_iter: int = 1500, base_steps=(1100, 1350),
+                  warmup: Optional[int] = None) -> List[str]:
+    """The configs' schedule (``base_iter``, LR steps ``base_steps``) scaled to ``max_iter``."""
+    steps = tuple(round(max_iter * s / base_iter) for s in base_steps)
+    return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps),
+            "SOLVER.WARMUP_ITERS", str(min(100, max_iter // 10) if warmup is None else warmup)]
+
+
+def format_duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Planner:
+    """The suite's pieces given the records in ``records_dir`` and the weights in ``work``."""
+
+    def __init__(self, suite: Suite, seeds: List[int], records_dir: str, work: str,
+                 quick: bool = False, max_iter: Optional[int] = None, extra_opts=(),
+                 tag: str = ""):
+        if suite.lr_sweep is None:
+            raise ValueError(f"suite {suite.name!r} has no LR sweep: the protocol needs one")
+        self.suite, self.seeds, self.records_dir, self.work = suite, list(seeds), records_dir, work
+        self.quick, self.max_iter, self.extra_opts = quick, max_iter, list(extra_opts)
+        self.tag = tag or suite.name  # names the records' folder and the report
+        self._configs: Dict[str, dict] = {}
+
+    # -- runs, their opts and records ------------------------------------------------------------
+    def record_path(self, run: Run) -> str:
+        return os.path.join(self.records_dir, f"{run.name}.json")
+
+    def record(self, run: Run) -> Optional[dict]:
+        return read_json_or_none(self.record_path(run))
+
+    def run_dir(self, run: Run) -> str:
+        return os.path.join(self.work, run.name)
+
+    def weights(self, run: Run) -> str:
+        return os.path.join(self.run_dir(run), "model_final.pth")
+
+    def opts(self, run: Run) -> List[str]:
+        """The opts that define a run (what its record stores): the model's, the schedule, the
+        rate, ``--opts`` and the seed."""
+        m = self.suite.models[run.model]
+        opts = list(m.opts)
+        if self.quick:
+            opts += QUICK_OPTS
+        elif self.max_iter or self.suite.max_iter:
+            opts += schedule_opts((self.max_iter or self.suite.max_iter) * run.factor)
+        elif run.factor != 1:
+            from train_net import build_cfg
+
+            cfg = build_cfg(os.path.join(REPO, m.config), list(m.opts))
+            opts += schedule_opts(cfg.SOLVER.MAX_ITER * run.factor, cfg.SOLVER.MAX_ITER,
+                                  tuple(cfg.SOLVER.STEPS), warmup=cfg.SOLVER.WARMUP_ITERS)
+        opts += ["SOLVER.BASE_LR", f"{run.lr:g}"] + self.extra_opts
+        return opts + ["SEED", str(run.seed)]
+
+    def config_now(self, run: Run) -> dict:
+        """The merged config the suite would train ``run`` with now."""
+        if run.name not in self._configs:
+            from train_net import build_cfg
+
+            cfg = build_cfg(os.path.join(REPO, self.suite.models[run.model].config),
+                            self.opts(run))
+            self._configs[run.name] = config_dict(cfg)
+        return self._configs[run.name]
+
+    def changes(self, run: Run, record: dict) -> List[str]:
+        """How the config ``record`` was trained with differs from what the suite trains now."""
+        return config_changes(record["merged_config"], self.config_now(run))
+
+    def box_ap(self, run: Run) -> Tuple[bool, Optional[float]]:
+        """(finished, box AP or None if it diverged) of a run, from its record."""
+        r = self.record(run)
+        if r is None:
+            return False, None
+        return True, (None if r.get("diverged") else r["metrics"]["AP"])
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def sweep_results(self, models) -> Dict[Tuple[str, float], Optional[float]]:
+        out = {}
+        for m in models:
+            for lr in self.suite.lr_sweep.grid:
+                done, ap = self.box_ap(Run(m, self.seeds[0], lr))
+                if done:
+                    out[(m, lr)] = ap
+        return out
+
+    def family_rate(self, family: str) -> Tuple[Optional[float], str]:
+        sweep = self.suite.lr_sweep
+        baselines = sweep.baselines[family]
+        return choose_rate(sweep.grid, baselines, self.sweep_results(baselines))
+
+    def rates(self) -> Dict[str, Tuple[Optional[float], str]]:
+        return {f: self.family_rate(f) for f in self.suite.lr_sweep.baselines}
+
+    def main_run(self, model: str, seed: int, rates=None) -> Run:
+        rates = rates or self.rates()
+        return Run(model, seed, rates[self.suite.models[model].family][0])
+
+    def diverged_members(self, rates) -> List[str]:
+        """Models whose first-seed run at their family's rate diverged."""
+        out = []
+        for m in self.suite.models:
+            run = self.main_run(m, self.seeds[0], rates)
+            if run.lr is not None:
+                r = self.record(run)
+                if r is not None and r.get("diverged"):
+                    out.append(m)
+        return out
+
+    def own_rate(self, model: str) -> Tuple[Optional[float], str]:
+        return own_best_rate(self.suite.lr_sweep.grid, model, self.sweep_results([model]))
+
+    def pieces(self) -> List[Piece]:
+        """Every piece of the suite in order, each with its status."""
+        suite, seeds, sweep = self.suite, self.seeds, self.suite.lr_sweep
+        rates = self.rates()
+        pieces: List[Piece] = []
+        seen = set()
+
+        def train(run: Run, why: str) -> None:
+            if (run.lr is None and run.seed == seeds[0] and run.factor == 1
+                    and run.model in sweep.baselines[suite.models[run.model].family]):
+                return  # one of the sweep's runs, once the rate is chosen
+            if run.name not in seen:
+                seen.add(run.name)
+                pieces.append(Piece("train", why, run=run))
+
+        # (1) the sweep: single-stage first (cheap), each family's rates in grid order
+        for family in sorted(sweep.baselines, key=lambda f: f != "single_stage"):
+            for lr in sweep.grid:
+                for m in sweep.baselines[family]:
+                    train(Run(m, seeds[0], lr), f"LR sweep ({family})")
+        # (2) pair by pair, first seed, speed, ablations
+        for p in suite.pairs:
+            for m in p.models:
+                train(self.main_run(m, seeds[0], rates), f"pair {p.name}")
+            pieces.append(Piece("speed", f"pair {p.name}", pair=p,
+                                runs={m: self.main_run(m, seeds[0], rates) for m in p.models}))
+            for a in suite.ablations:
+                if a.model in p.models and not any(x.ablation is a for x in pieces):
+                    pieces.append(Piece("ablation", f"pair {p.name}", ablation=a,
+                                        runs={a.model: self.main_run(a.model, seeds[0], rates)}))
+        for a in suite.ablations:  # on a model of no selected pair
+            if not any(x.ablation is a for x in pieces):
+                train(self.main_run(a.model, seeds[0], rates), f"ablation {a.name}")
+                pieces.append(Piece("ablation", f"ablation {a.name}", ablation=a,
+                                    runs={a.model: self.main_run(a.model, seeds[0], rates)}))
+        # (3) the other seeds
+        for seed in seeds[1:]:
+            for p in suite.pairs:
+                for m in p.models_over_seeds():
+                    train(self.main_run(m, seed, rates), f"seed {seed} of pair {p.name}")
+        # (4) the long-schedule check
+        for m in suite.long_schedule:
+            run = self.main_run(m, seeds[0], rates)
+            train(Run(m, seeds[0], run.lr, suite.long_factor), f"{suite.long_factor}x schedule")
+        # (5) diverged members at the other rates of the grid
+        for m in self.diverged_members(rates):
+            for lr in sweep.grid:
+                train(Run(m, seeds[0], lr), "own rate (diverged at its family's)")
+        for piece in pieces:
+            piece.status = self._status(piece)
+        return self._with_weight_trainings(pieces)
+
+    # -- status ----------------------------------------------------------------------------------
+    def _status(self, piece: Piece) -> str:
+        if piece.kind == "train":
+            if piece.run.lr is None:
+                return "waiting (its family's rate: after the LR sweep)"
+            r = self.record(piece.run)
+            if r is None:
+                return "todo"
+            changed = self.changes(piece.run, r)
+            return f"stale ({'; '.join(changed)})" if changed else "done"
+        runs = {m: r for m, r in piece.runs.items()}
+        if any(r.lr is None for r in runs.values()):
+            return "waiting (the LR sweep)"
+        records = {m: self.record(r) for m, r in runs.items()}
+        if any(rec is None for rec in records.values()):
+            return "waiting (its trainings)"
+        trained = {m: rec for m, rec in records.items() if not rec.get("diverged")}
+        if piece.kind == "speed":
+            if len(trained) < 2 or piece.pair.models[0] not in trained:
+                return "done"  # nothing to compare: a diverged baseline or all members diverged
+            have = read_json_or_none(os.path.join(self.records_dir, f"{piece.name}.json"))
+            want = {m: {"run": rec["run"], "config_digest": rec["config_digest"]}
+                    for m, rec in trained.items()}
+            return "done" if have is not None and have.get("runs") == want else "todo"
+        if not trained:
+            return "done"  # the model diverged: no weights to evaluate
+        rec = trained[piece.ablation.model]
+        folder = os.path.join(self.records_dir, piece.name)
+        rows = [read_json_or_none(os.path.join(folder, f"{v}.json")) for v in piece.ablation.values]
+        ok = all(r is not None and r.get("run") == rec["run"]
+                 and r.get("config_digest") == rec["config_digest"] for r in rows)
+        return "done" if ok else "todo"
+
+    def _with_weight_trainings(self, pieces: List[Piece]) -> List[Piece]:
+        """A speed or ablation piece to do needs the trained weights of its runs, which do not
+        survive a session: a finished run whose weights are gone is trained again (same config,
+        into the work dir; its record stays) just before the piece."""
+        out: List[Piece] = []
+        queued = set()
+        for piece in pieces:
+            if piece.kind != "train" and piece.status == "todo":
+                for m, run in piece.runs.items():
+                    rec = self.record(run)
+                    if (not rec.get("diverged") and not os.path.isfile(self.weights(run))
+                            and run.name not in queued):
+                        queued.add(run.name)
+                        out.append(Piece("train", f"weights for {piece.name}", run=run,
+                                         status="todo"))
+            out.append(piece)
+        return out
+
+    # -- time ------------------------------------------------------------------------------------
+    def timings(self) -> Dict[str, Tuple[float, float]]:
+        """model -> (median s/iteration, median seconds of a run besides its iterations), from
+        this suite's records, else from the reports in benchmarks/results/*.json."""
+        per_model: Dict[str, List[Tuple[float, float]]] = {}
+
+        def add(model, r):
+            s, wall, iters = (r.get("train_s_per_iter_median"), r.get("train_and_eval_wall_s"),
+                              r.get("max_iter"))
+            if s and wall and iters and not r.get("diverged") and not r.get("resumed_from_iter"):
+                per_model.setdefault(model, []).append((s, max(wall - s * iters, 0.0)))
+
+        for path in sorted(glob(os.path.join(self.records_dir, "*.json"))):
+            r = read_json(path)
+            if "run" in r and "model" in r:
+                add(r["model"], r)
+        recorded = set(per_model)
+        for path in sorted(glob(os.path.join(REPO, "benchmarks", "results", "*.json"))):
+            for model, entry in read_json(path).get("models", {}).items():
+                if model not in recorded:
+                    for r in entry.get("runs", {}).values():
+                        add(model, r)
+        return {m: (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals))
+                for m, vals in per_model.items()}
+
+    def estimate_s(self, piece: Piece, timings) -> Tuple[float, bool]:
+        """(seconds, measured?) of one piece; speed ~1 min per member, an ablation value ~40 s."""
+        if piece.kind == "speed":
+            return 60.0 * len(piece.pair.models), True
+        if piece.kind == "ablation":
+            return 40.0 * len(piece.ablation.values), True
+        m = self.suite.models[piece.run.model]
+        t = timings.get(m.name) or timings.get(m.timed_like)
+        iters = (3 if self.quick else (self.max_iter or self.suite.max_iter or 1500)
+                 * piece.run.factor)
+        if t is None:
+            return iters * _GUESS_S_PER_ITER[m.family] + _GUESS_OVERHEAD_S, False
+        return iters * t[0] + t[1], True

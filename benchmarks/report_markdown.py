@@ -1,0 +1,207 @@
+"""Reporting: the README "Results" section (Markdown) from a report of ``report_aggregate``, with
+one verdict sentence per pair under the suite's noise rule, and its placement between the README's
+markers."""
+import math
+
+from coco_ap import METRICS
+
+__all__ = ["RESULTS_BEGIN", "RESULTS_END", "render_markdown", "replace_results_section"]
+
+
+def _cell(mean, std=None, digits=1) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _verdict(report: dict, pair: dict) -> str:
+    """One sentence: does the paper's effect appear at this scale (on ``pair['metric']``)?
+
+    A difference is called real when it exceeds twice its seed noise: sqrt(std_a^2 + std_b^2) when
+    both sides have seeds; sqrt(2) times the seeded side's std (or the ``noise_from`` model's, on
+    the same schedule) when one run stands against another."""
+    k = pair["metric"]
+    base = report["models"][pair["baseline"]]
+    b_mean, b_std = base["mean"][k], base["std"][k]
+    ref_std, ref_label = b_std, f"the baseline's {len(base['seeds'])} seeds"
+    ref = report["models"].get(pair.get("noise_from") or "")
+    if ref_std is None and ref is not None and ref["std"][k] is not None:
+        ref_std, ref_label = ref["std"][k], f"{ref['label']}'s {len(ref['seeds'])} seeds"
+    parts = []
+    for m in pair["models"][1:]:
+        e = report["models"][m]
+        mean, std = e["mean"][k], e["std"][k]
+        if e.get("diverged") or base.get("diverged"):
+            which = e if e.get("diverged") else base
+            its = ", ".join(f"seed {sd} at iteration {d['iteration']}"
+                            for sd, d in which["diverged"].items())
+            parts.append(f"{which['label']} diverged ({its})")
+            continue
+        if mean is None or b_mean is None:
+            parts.append(f"{e['label']}: no {k}")
+            continue
+        d = mean - b_mean
+        if std is not None and b_std is not None:
+            noise = math.sqrt(std ** 2 + b_std ** 2)
+            what = ("a real gain" if d > 2 * noise else "a real loss" if d < -2 * noise
+                    else "within seed noise")
+            parts.append(f"{e['label']} {d:+.1f} {k} ({what}, {len(e['seeds'])} seeds)")
+        elif ref_std is not None or std is not None:
+            noise = math.sqrt(2) * (ref_std if ref_std is not None else std)
+            label = ref_label if ref_std is not None else f"its {len(e['seeds'])} seeds"
+            what = "beyond" if abs(d) > 2 * noise else "within"
+            parts.append(f"{e['label']} {d:+.1f} {k} (one seed; {what} twice the noise "
+                         f"{label} show)")
+        else:
+            parts.append(f"{e['label']} {d:+.1f} {k} (one seed: not separable from noise)")
+    head = "Quick run (a few iterations): the numbers are meaningless. " if report["quick"] else ""
+    return (f"{head}Paper: {pair['claim']}. Here, against {base['label']}: " + "; ".join(parts)
+            + ".")
+
+
+_HEAD = ("| model | AP | AP50 | AP75 | AP60 | AP70 | AP80 | AP90 | mask AP | params (M) | "
+         "head params (M) | train s/iter (x base) | inference ms/img (x base) | peak RSS (MB) |")
+
+
+def _row(e: dict, label: str, sp) -> str:
+    cells = [_cell(e["mean"][k], e["std"][k]) for k in METRICS]
+    head_p = "-" if e["params_head"] is None else f"{e['params_head'] / 1e6:.2f}"
+    label += "".join(f" (seed {sd} diverged at iteration {d['iteration']})"
+                     for sd, d in e.get("diverged", {}).items())
+    speed = (f"{sp['train_s_per_iter']:.3f} (x{sp['train_ratio']:.2f}) | "
+             f"{sp['infer_ms_per_image']:.1f} (x{sp['infer_ratio']:.2f})" if sp else "- | -")
+    return (f"| {label} | " + " | ".join(cells) + f" | {e['params_total'] / 1e6:.2f} | "
+            f"{head_p} | {speed} | {e['peak_rss_mb']:.0f} |")
+
+
+def _sweep_lines(report: dict) -> list:
+    sweep = report["lr_sweep"]
+    grid = [f"{lr:g}" for lr in sweep["grid"]]
+    lines = ["### Learning-rate sweep", "",
+             f"Box AP of each family's baselines at each BASE_LR (batch "
+             f"{report['schedule']['ims_per_batch']}, seed {sweep['seed']}); the family's rate "
+             "is the one with the highest mean (benchmarks/README.md).", "",
+             "| family | baseline | " + " | ".join(f"BASE_LR {g}" for g in grid) + " |",
+             "|" + "---|" * (2 + len(grid))]
+    for family, f in sweep["families"].items():
+        for m, row in f["rows"].items():
+            cells = [("diverged" if c["AP"] is None else f"{c['AP']:.1f}") if c["done"] else "-"
+                     for c in (row[g] for g in grid)]
+            lines.append(f"| {family.replace('_', '-')} | {f['labels'][m]} | "
+                         + " | ".join(cells) + " |")
+    lines.append("")
+    for family, f in sweep["families"].items():
+        rate = "not chosen yet" if f["rate"] is None else f"BASE_LR {f['rate']:g}"
+        lines.append(f"- {family.replace('_', '-')}: {rate}; {f['why']}.")
+    return lines + [""]
+
+
+def _long_lines(report: dict) -> list:
+    long = report["long_schedule"]
+    if not long["rows"]:
+        return []
+    lines = [f"### Schedule check: {long['factor']}x the iterations, seed 1", "",
+             "| model | iterations | AP | mask AP | AP at the suite's schedule, same seed |",
+             "|---|---|---|---|---|"]
+    parts = []
+    for r in long["rows"]:
+        e = report["models"][r["model"]]
+        short = (e["runs"].get(str(report["seeds"][0])) or {}).get("metrics") or {}
+        if r["diverged"]:
+            lines.append(f"| {r['label']} | {r['max_iter']} | diverged at iteration "
+                         f"{r['diverged']['iteration']} | - | {_cell(short.get('AP'))} |")
+            continue
+        lines.append(f"| {r['label']} | {r['max_iter']} | {_cell(r['long']['AP'])} | "
+                     f"{_cell(r['long'].get('mask_AP'))} | {_cell(short.get('AP'))} |")
+        if short.get("AP") is not None:
+            d, std = r["long"]["AP"] - short["AP"], e["std"]["AP"]
+            noise = (f"{'beyond' if abs(d) > 2 * math.sqrt(2) * std else 'within'} twice the "
+                     f"seed noise" if std is not None else "one seed: noise unknown")
+            parts.append(f"{r['label']} {d:+.1f} AP ({noise})")
+    if len(long["rows"]) == 2 and not any(r["diverged"] for r in long["rows"]):
+        a, b = long["rows"]
+        ea, eb = report["models"][a["model"]], report["models"][b["model"]]
+        short_order = (ea["runs"][str(report["seeds"][0])]["metrics"]["AP"]
+                       < eb["runs"][str(report["seeds"][0])]["metrics"]["AP"])
+        same = short_order == (a["long"]["AP"] < b["long"]["AP"])
+        parts.append(f"the order of the two {'holds' if same else 'changes'}")
+    lines += ["", f"From the suite's schedule to {long['factor']}x: " + "; ".join(parts) + ".", ""]
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    """The README "Results" section: command, machine, date, the LR sweep, one table and sentence
+    per pair (extra rows for diverged members at their own rate), the schedule check, the
+    ablations."""
+    s = report["schedule"]
+    data = "; ".join(f"trained on {', '.join(d['train'])}, evaluated on {', '.join(d['test'])}"
+                     for d in s["datasets"])
+    rates = "; ".join(f"{f.replace('_', '-')} "
+                      + ("not chosen yet" if r["rate"] is None else f"{r['rate']:g}")
+                      for f, r in report["rates"].items())
+    lines = [
+        "## Results", "",
+        f"- Command: `{report['command']}`",
+        f"- Machine: {report['machine']}",
+        f"- Date: {report['date']}",
+        f"- Schedule: {' or '.join(map(str, s['max_iter']))} iterations at batch "
+        f"{s['ims_per_batch']} ({data}); seeds {report['seeds']} (the pairs' seeded models over "
+        "all seeds, mean ± std; the others on the first seed).",
+        f"- BASE_LR by family, from the sweep below: {rates}.",
+        f"- Speed: {report['speed']}.",
+        f"- Memory: {report['memory']}.", "",
+    ]
+    if not report.get("complete", True):
+        lines += [f"Partial report: {len(report['missing'])} pieces of the suite are missing "
+                  "(listed in the report's json, `missing`).", ""]
+    if report.get("note"):
+        lines += [report["note"], ""]
+    lines += _sweep_lines(report)
+    for pair in report["pairs"]:
+        lines += [f"### {pair['title']}{' (headline)' if pair['headline'] else ''}, "
+                  f"{pair['max_iter']} iterations, BASE_LR {pair['lr']:g}", "", _HEAD,
+                  "|" + "---|" * 14]
+        for m in pair["models"]:
+            lines.append(_row(report["models"][m], report["models"][m]["label"],
+                              pair["speed"].get(m)))
+        for m in pair.get("extras", []):
+            x = report["extras"][m]
+            lines.append(_row(x, f"(extra) {x['label']} at BASE_LR {x['lr']:g}, its own best "
+                                 "rate of the grid", None))
+        lines += ["", _verdict(report, pair)
+                  + ("" if pair["same_data_order"] else
+                     " (Warning: the members of this pair were not fed identical batches.)"), ""]
+    lines += _long_lines(report)
+    for ab in report["ablations"]:
+        lines += [f"### {ab['title']}", "",
+                  f"Eval-only, weights of {report['models'][ab['model']]['label']} (first seed), "
+                  f"`{ab['key']}` varied.", "",
+                  f"| {ab['key']} | AP | AP50 | AP75 | AP60 | AP70 | AP80 | AP90 | mask AP |",
+                  "|" + "---|" * 9]
+        for r in ab["rows"]:
+            lines.append(f"| {r['value']} | " + " | ".join(_cell(r.get(k)) for k in METRICS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+RESULTS_BEGIN = "<!-- benchmarks/run.py results: begin -->"
+RESULTS_END = "<!-- benchmarks/run.py results: end -->"
+
+
+def replace_results_section(path: str, text: str) -> None:
+    """Put ``text`` between the ``RESULTS_BEGIN`` and ``RESULTS_END`` lines of the Markdown file
+    ``path`` (e.g. README.md), replacing what was there; the rest of the file is kept."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    try:
+        begin, end = lines.index(RESULTS_BEGIN), lines.index(RESULTS_END)
+    except ValueError:
+        raise SystemExit(f"{path}: needs the lines {RESULTS_BEGIN!r} and {RESULTS_END!r} "
+                         "around its Results section") from None
+    if end < begin:
+        raise SystemExit(f"{path}: {RESULTS_END!r} comes before {RESULTS_BEGIN!r}")
+    lines[begin + 1:end] = text.rstrip("\n").split("\n")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
