@@ -149,12 +149,16 @@ def run_suite(args) -> str:
         if model not in planner.suite.models:
             raise SystemExit(f"--rerun: unknown model {model!r}")
     rerun = set(args.rerun)
+    attempted = set()
     while True:
         pieces = planner.pieces()
         for p in pieces:  # a record of another config, or of code asked to be rerun: set aside
             if p.kind == "train" and p.run.model in rerun and p.status == "done":
                 p.status = "stale (--rerun)"
             if p.status.startswith("stale"):
+                if ("train", p.name, p.why) in attempted:
+                    raise SystemExit(f"{p.name} was just trained and is {p.status}: the config it "
+                                     "trained with is not the one the suite plans (a bug)")
                 print(f"[{p.name}] {p.status}: its record and work dir are set aside, training "
                       "again", flush=True)
                 set_aside(planner.record_path(p.run))
@@ -167,6 +171,11 @@ def run_suite(args) -> str:
         if not todo:
             break
         piece = todo[0]
+        key = (piece.kind, piece.name, piece.why)
+        if key in attempted:  # it ran and is still to do: running it again would loop forever
+            raise SystemExit(f"{piece.kind} {piece.name} ({piece.why}) is still '{piece.status}' "
+                             "after it ran; see its log above")
+        attempted.add(key)
         done = sum(p.status == "done" for p in pieces)
         print(f"[{done + 1}/{len(pieces)}] {piece.kind} {piece.name} ({piece.why})", flush=True)
         written = (_train(planner, piece, command) if piece.kind == "train" else
