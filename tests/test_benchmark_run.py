@@ -449,3 +449,30 @@ def test_the_plan_follows_the_sweep(tmp_path):
     write_json(planner.record_path(Run("base", 1, 0.005)), rec)
     assert dict(status())["base-lr0.005-seed1"] == (
         "stale (MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 512 -> 64)")
+
+
+def test_extra_rows_and_the_schedule_check_are_rendered(quick):
+    """A diverged member's own-rate run is an extra, marked row of its pair; the 3x check says
+    how far each model moved against its seed noise and whether the order of the two holds."""
+    _, _, path = quick
+    report = json.loads(path.read_text())
+    fcos, iou = report["models"]["fcos"], report["models"]["iou_aware_fcos"]
+    report["extras"] = {"iou_aware_fcos": {**iou, "lr": 0.005, "why": "hand-made"}}
+    report["pairs"][0]["extras"] = ["iou_aware_fcos"]
+    fcos["runs"]["1"]["metrics"]["AP"], fcos["std"]["AP"] = 10.0, 1.0
+    iou["runs"]["1"]["metrics"]["AP"], iou["std"]["AP"] = 12.0, None
+    report["long_schedule"] = {"factor": 3, "rows": [
+        {"model": "fcos", "label": "FCOS", "max_iter": 9, "long": {"AP": 14.0, "mask_AP": None},
+         "diverged": None, "command": "c"},
+        {"model": "iou_aware_fcos", "label": "IoU-aware FCOS", "max_iter": 9,
+         "long": {"AP": 13.0, "mask_AP": None}, "diverged": None, "command": "c"}]}
+    md = render_markdown(report)
+    (extra,) = [r for r in md.splitlines() if r.startswith("| (extra) IoU-aware FCOS")]
+    assert "at BASE_LR 0.005, its own best rate of the grid" in extra and extra.count("|") == 15
+    assert "### Schedule check: 3x the iterations, seed 1" in md
+    assert "| FCOS | 9 | 14.0 | - | 10.0 |" in md
+    # FCOS +4.0 > 2 * sqrt(2) * 1.0 = 2.83: beyond; IoU-aware FCOS one seed: noise unknown;
+    # at the suite's schedule FCOS < IoU-aware FCOS (10 < 12), at 3x not (14 > 13): changes
+    assert ("From the suite's schedule to 3x: FCOS +4.0 AP (beyond twice the seed noise); "
+            "IoU-aware FCOS +1.0 AP (one seed: noise unknown); the order of the two changes."
+            ) in md
