@@ -103,7 +103,9 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
             ablations.append({"name": ab.name, "title": ab.title, "model": ab.model, "key": ab.key,
                               "rows": rows})
     first = next(iter(models.values()), None)
-    run0 = next(iter(first["runs"].values())) if first else {}
+    run0 = (next(iter(first["runs"].values())) if first else  # else a run of the sweep
+            planner.record(Run(next(iter(sweep.baselines.values()))[0], seeds[0], sweep.grid[0]))
+            or {})
     datasets = sorted({(tuple(r["train_dataset"]), tuple(r["test_dataset"]))
                        for e in models.values() for r in e["runs"].values()})
     planned = [x for x in planner.pieces() if x.status != "done"]

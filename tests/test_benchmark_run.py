@@ -415,7 +415,10 @@ def _record(planner: Planner, run: Run, ap: Optional[float]) -> None:
     write_json(planner.record_path(run), {
         "run": run.name, "model": run.model, "seed": run.seed, "lr": run.lr,
         "diverged": {"iteration": 50, "error": "NaN"} if ap is None else None,
-        "metrics": {"AP": ap}, "merged_config": planner.config_now(run), "config_digest": "d"})
+        "metrics": {k: ap if k == "AP" else None for k in METRICS},
+        "merged_config": planner.config_now(run), "config_digest": "d", "max_iter": 1500,
+        "ims_per_batch": 4, "params_total": 2e6, "params_head": 1e6, "head_module": "roi_heads",
+        "peak_rss_mb": 900, "train_dataset": ["shapes_train"], "test_dataset": ["shapes_val"]})
 
 
 def test_the_plan_follows_the_sweep(tmp_path):
@@ -429,6 +432,11 @@ def test_the_plan_follows_the_sweep(tmp_path):
     for lr, ap in ((0.005, 20.0), (0.01, 30.0), (0.02, None)):
         _record(planner, Run("base", 1, lr), ap)
     assert planner.rates()["two_stage"][0] == 0.01
+    md = render_markdown(aggregate(planner, "cmd", False))  # the sweep's report
+    assert "| two-stage | Base | 20.0 | 30.0 | diverged |" in md
+    assert ("- two-stage: BASE_LR 0.01; BASE_LR 0.01: highest box AP (0.005: 20.0, 0.01: 30.0; "
+            "diverged at 0.02).") in md
+    assert "at batch 4 (trained on shapes_train, evaluated on shapes_val)" in md
     assert [(p.kind, p.name, p.status) for p in planner.pieces()[3:]] == [
         ("train", "other-lr0.01-seed1", "todo"), ("speed", "speed-p", "waiting (its trainings)"),
         ("train", "base-lr0.01-seed2", "todo")]
