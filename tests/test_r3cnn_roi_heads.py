@@ -292,11 +292,12 @@ def test_per_loop_labels_use_the_loops_threshold(thresholds):
         assert latest[f"imbalance/loop{t}/num_bg"][0] == len(ious) + 1 - n_fg
 
 
-def _one_image(boxes, gt_box=(10.0, 10.0, 50.0, 50.0), gt_class=2):
-    """One 64x64 image: the given proposals and one ground-truth box whose mask fills it."""
+def _one_image(boxes, gt_box=(10.0, 10.0, 50.0, 50.0), gt_class=2, mask_box=None):
+    """One 64x64 image: the given proposals and one ground-truth box whose mask fills
+    ``mask_box`` (default: the whole box)."""
     gt = torch.tensor([gt_box])
     mask = torch.zeros((1,) + IMAGE_SIZE, dtype=torch.bool)
-    x0, y0, x1, y1 = [int(v) for v in gt_box]
+    x0, y0, x1, y1 = [int(v) for v in (mask_box or gt_box)]
     mask[0, y0:y1, x0:x1] = True
     target = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt), gt_classes=torch.tensor([gt_class]),
                        gt_masks=BitMasks(mask))
@@ -363,15 +364,19 @@ def _mask_loss_reference(heads, features, boxes, target):
 def test_mask_branch_labels_at_each_loops_threshold():
     """Proposals of known IoU 0.55, 0.65, 0.75, 0.85, 0.95 inside the one gt box, zero regression:
     loop t's mask loss is Detectron2's mask loss on exactly the boxes of IoU >= u^t (plus the
-    ground-truth box), times the loop's weight."""
+    ground-truth box), times the loop's weight. The object fills the top half of its box, so each
+    RoI has another foreground fraction, and the mask logits are far from 0 (bias 2), so the loss
+    depends on which RoIs enter it."""
     thresholds, weights = [0.5, 0.7, 0.9], [1.0, 0.75, 0.5]
     cfg = make_cfg(IOU_THRESHOLDS=thresholds, LOOP_LOSS_WEIGHTS=weights)
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64  # cap 16 positives: all kept
     heads = build(cfg)
     zero_regression(heads)
+    with torch.no_grad():
+        heads.mask_head.predictor.bias.fill_(2.0)
     ious = [0.55, 0.65, 0.75, 0.85, 0.95]
     boxes = [[10.0, 10.0, 50.0, 10.0 + 40.0 * r] for r in ious]  # inside the gt box: IoU = r
-    prop, target = _one_image(boxes)
+    prop, target = _one_image(boxes, mask_box=(10.0, 10.0, 50.0, 30.0))
     features = {"p2": make_features()["p2"][:1]}
     with EventStorage():
         _, losses = heads(None, features, [prop], [target])
@@ -380,6 +385,8 @@ def test_mask_branch_labels_at_each_loops_threshold():
             positives = [b for b, r in zip(boxes, ious) if r >= u] + [[10.0, 10.0, 50.0, 50.0]]
             expected = w * _mask_loss_reference(heads, features, positives, target)
             assert torch.allclose(losses[f"loss_mask_loop{t}"], expected, atol=1e-6), t
+        everything = _mask_loss_reference(heads, features, boxes, target)
+        assert not torch.allclose(everything, expected / weights[-1], atol=1e-3)  # it matters
 
 
 def test_mask_rois_per_loop_never_exceed_the_cap():

@@ -9,13 +9,22 @@ table.
 import argparse
 import os
 import sys
+from typing import Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train_net import Trainer, setup  # noqa: E402
+from train_net import Trainer, build_cfg  # noqa: E402
 
 
 def count(module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def count_config(config: str, opts: Sequence[str] = ()) -> Tuple[int, int]:
+    """(trainable parameters of the whole model, of its ROI heads or dense head) of ``config``."""
+    cfg = build_cfg(config, ["MODEL.DEVICE", "cpu", *opts])
+    model = Trainer.build_model(cfg)
+    head = getattr(model, "roi_heads", None) or getattr(model, "head", None)
+    return count(model), count(head) if head is not None else 0
 
 
 def main() -> None:
@@ -24,12 +33,8 @@ def main() -> None:
     p.add_argument("configs", nargs="+")
     print("| config | total | ROI heads / dense head |\n|---|---|---|")
     for config in p.parse_args().configs:
-        args = argparse.Namespace(config_file=config, opts=["MODEL.DEVICE", "cpu", "OUTPUT_DIR",
-                                  "/tmp/count_params"], eval_only=True, resume=False, num_gpus=1)
-        model = Trainer.build_model(setup(args))
-        head = getattr(model, "roi_heads", None) or getattr(model, "head", None)
-        print(f"| {config} | {count(model):,} | {count(head) if head is not None else 0:,} |",
-              flush=True)
+        total, head = count_config(config)
+        print(f"| {config} | {total:,} | {head:,} |", flush=True)
 
 
 if __name__ == "__main__":
