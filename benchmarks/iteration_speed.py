@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Seconds per training iteration of configs on this machine, with their real data loader.
 
-    python benchmarks/iteration_speed.py --iters 30 --warmup 5 CONFIG [CONFIG ...] [--opts K V ...]
+    python benchmarks/iteration_speed.py --iters 30 --warmup 5 [--inference N] [--rounds R] \
+        CONFIG [CONFIG ...] [--opts K V ...]
 
 Builds each config's model and train loader as train_net.py does, runs ``warmup`` iterations, then
 times ``iters`` forward+backward+SGD steps, and prints one Markdown row per config with the command,
-machine and date (and appends them as JSON lines to ``--out``).
+machine and date (and appends them as JSON lines to ``--out``). ``--inference N`` also times the
+inference of N images (batch 1, after one untimed image) of the config's first test set with the
+model as trained by those steps. ``--rounds 2`` times every config once in the given order, then
+once in reverse, and reports medians over both (drift of a shared machine hits all configs alike).
 """
 import argparse
 import datetime
@@ -44,7 +48,22 @@ def time_training_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return times
 
 
-def time_config(config_file: str, iters: int, warmup: int, opts: list) -> dict:
+def time_inference(model: torch.nn.Module, loader, images: int, warmup: int = 1) -> List[float]:
+    """Seconds of the inference of each of ``images`` batches of ``loader`` after ``warmup``."""
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i >= warmup + images:
+                break
+            start = time.perf_counter()
+            model(batch)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def time_config(config_file: str, iters: int, warmup: int, opts: list, images: int = 0) -> dict:
     args = argparse.Namespace(config_file=config_file, opts=list(opts) + [
         "OUTPUT_DIR", "/tmp/iteration_speed", "SOLVER.MAX_ITER", str(iters + warmup)],
         eval_only=False, resume=False, num_gpus=1)
@@ -53,9 +72,20 @@ def time_config(config_file: str, iters: int, warmup: int, opts: list) -> dict:
     times = sorted(time_training_steps(model, Trainer.build_optimizer(cfg, model),
                                        Trainer.build_train_loader(cfg), warmup, iters))
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"config": config_file, "sec_per_iter_mean": sum(times) / len(times),
-            "sec_per_iter_median": times[len(times) // 2], "iters": iters,
-            "batch": cfg.SOLVER.IMS_PER_BATCH, "params": params}
+    out = {"config": config_file, "sec_per_iter_mean": sum(times) / len(times),
+           "sec_per_iter_median": times[len(times) // 2], "iters": iters,
+           "batch": cfg.SOLVER.IMS_PER_BATCH, "params": params, "train_times": times}
+    if images:
+        from detectron2.data import build_detection_test_loader
+
+        out["infer_times"] = sorted(time_inference(
+            model, build_detection_test_loader(cfg, cfg.DATASETS.TEST[0]), images))
+    return out
+
+
+def _median(values: List[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
 def main() -> None:
@@ -63,6 +93,8 @@ def main() -> None:
     p.add_argument("configs", nargs="+")
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--inference", type=int, default=0, help="also time N inference images")
+    p.add_argument("--rounds", type=int, default=1, choices=(1, 2))
     p.add_argument("--out", default="benchmarks/results/iteration_speed.jsonl")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     a = p.parse_args()
@@ -70,12 +102,31 @@ def main() -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads"}
     print(f"command: {meta['command']}\nmachine: {meta['machine']}\ndate: {meta['date']}\n")
-    print("| config | s/iter (median) | s/iter (mean) | batch | params |\n|---|---|---|---|---|")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    runs = {c: [] for c in a.configs}
+    orders = [a.configs, list(reversed(a.configs))][:a.rounds]
+    for order in orders:
+        for c in order:
+            runs[c].append(time_config(c, a.iters, a.warmup, a.opts, a.inference))
+    base = None
+    print("| config | s/iter (median) | s/iter (mean) | x first | inference ms/img (median) "
+          "| x first | batch | params |\n|---|---|---|---|---|---|---|---|")
     for c in a.configs:
-        r = {**time_config(c, a.iters, a.warmup, a.opts), **meta}
+        train = [t for r in runs[c] for t in r["train_times"]]
+        infer = [t for r in runs[c] for t in r.get("infer_times", [])]
+        r = {"config": c, "sec_per_iter_median": _median(train),
+             "sec_per_iter_mean": sum(train) / len(train), "iters": len(train),
+             "infer_ms_per_image_median": _median(infer) * 1e3 if infer else None,
+             "images": len(infer), "batch": runs[c][0]["batch"], "params": runs[c][0]["params"],
+             **meta}
+        base = base or r
+        infer_cell, infer_ratio = "-", "-"
+        if infer:
+            infer_cell = f"{r['infer_ms_per_image_median']:.1f}"
+            infer_ratio = f"{r['infer_ms_per_image_median'] / base['infer_ms_per_image_median']:.2f}"
         print(f"| {c} | {r['sec_per_iter_median']:.3f} | {r['sec_per_iter_mean']:.3f} | "
-              f"{r['batch']} | {r['params'] / 1e6:.2f}M |", flush=True)
+              f"{r['sec_per_iter_median'] / base['sec_per_iter_median']:.2f} | {infer_cell} | "
+              f"{infer_ratio} | {r['batch']} | {r['params'] / 1e6:.2f}M |", flush=True)
         with open(a.out, "a") as f:
             f.write(json.dumps(r) + "\n")
 
