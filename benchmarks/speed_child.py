@@ -4,7 +4,6 @@ come from one machine state."""
 import datetime
 import os
 import statistics
-import time
 from typing import Dict, List
 
 from records import machine_description, write_json
@@ -30,25 +29,16 @@ def _time_training(cfg, weights: str, warmup: int, iters: int) -> List[float]:
 
 
 def _time_inference(cfg, weights: str, warmup: int, images: int) -> List[float]:
-    import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import build_detection_test_loader
 
+    from iteration_speed import time_inference
     from train_net import Trainer
 
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(weights)
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i, batch in enumerate(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])):
-            if i >= warmup + images:
-                break
-            start = time.perf_counter()
-            model(batch)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return times
+    return time_inference(model, build_detection_test_loader(cfg, cfg.DATASETS.TEST[0]), images,
+                          warmup)
 
 
 def child_speed(spec: dict) -> None:
