@@ -13,6 +13,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import (
     FastRCNNOutputLayers,
     _log_classification_stats,
+    fast_rcnn_inference,
 )
 from detectron2.structures import Instances
 
@@ -48,9 +49,10 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
     to the proposals by ``box2box_transform``: see :class:`offset_bin.OffsetBinCoder`.
 
     Redefines: ``__init__`` (``bin_pred`` replaces ``bbox_pred``), ``forward`` (returns the bin
-    scores in place of the deltas), ``losses``, ``box_reg_loss``, ``predict_boxes`` and
-    ``predict_boxes_for_gt_classes``. ``predict_probs`` and ``inference`` are Detectron2's, so the
-    layer drops into any head that uses ``FastRCNNOutputLayers`` (Standard, Cascade, R^3-CNN).
+    scores in place of the deltas), ``losses``, ``box_reg_loss``, ``predict_boxes``,
+    ``predict_boxes_for_gt_classes`` and ``inference`` (Detectron2's, decoding only the boxes that
+    can become detections). ``predict_probs`` is Detectron2's, so the layer drops into any head that
+    uses ``FastRCNNOutputLayers`` (Standard, Cascade, R^3-CNN).
 
     Per-RoI loss weights: if the proposals carry ``loss_weights`` (the shared RoI samplers set
     them; 1 for a proposal without), every loss is ``sum_r w_r L_r / R`` over the R sampled RoIs,
@@ -301,3 +303,50 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
         return super().predict_boxes_for_gt_classes(
             (scores, self.predict_deltas(bin_logits)), proposals
         )
+
+    def inference(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]):
+        """Detectron2's :meth:`FastRCNNOutputLayers.inference` (score threshold, per-class NMS, top
+        detections), with the bins decoded (Eqs. 6, 10, 11) only for the RoIs and classes whose
+        score passes ``test_score_thresh``: no other box can become a detection. The others keep
+        their proposal box, which the threshold then drops, so the detections are those of
+        decoding every box (tested).
+
+        Returns:
+            list[Instances] and list[Tensor], as :func:`fast_rcnn_inference`.
+        """
+        _, bin_logits = predictions
+        probs = self.predict_probs(predictions, proposals)
+        logits = self.bin_logits_view(bin_logits).split([len(p) for p in proposals])
+        boxes = [
+            self._decode_candidates(logits_i, probs_i, p.proposal_boxes.tensor)
+            for logits_i, probs_i, p in zip(logits, probs, proposals)
+        ]
+        return fast_rcnn_inference(
+            boxes,
+            probs,
+            [p.image_size for p in proposals],
+            self.test_score_thresh,
+            self.test_nms_thresh,
+            self.test_topk_per_image,
+        )
+
+    def _decode_candidates(self, logits: Tensor, probs: Tensor, proposal_boxes: Tensor) -> Tensor:
+        """Boxes of one image as :meth:`predict_boxes` lays them out, (R, C*4) or (R, 4): decoded
+        where a class score passes the threshold (class-agnostic: the RoI's one box), the proposal
+        box elsewhere.
+
+        Args:
+            logits: (R, C or 1, 4, K, n) bin scores; probs: (R, C + 1) class probabilities.
+        """
+        candidates = probs[:, :-1] > self.test_score_thresh  # fast_rcnn_inference's filter
+        if self.num_bbox_reg_classes == 1:
+            rois = nonzero_tuple(candidates.any(dim=1))[0]
+            classes = torch.zeros_like(rois)
+        else:
+            rois, classes = nonzero_tuple(candidates)
+        deltas = self.coder.decode(logits[rois, classes], self.expectation)  # (F, 4)
+        boxes = proposal_boxes.repeat(1, self.num_bbox_reg_classes)
+        boxes.view(len(boxes), -1, 4)[rois, classes] = self.box2box_transform.apply_deltas(
+            deltas, proposal_boxes[rois]
+        ).to(boxes.dtype)
+        return boxes
