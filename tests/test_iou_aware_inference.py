@@ -10,12 +10,13 @@ import torch
 
 import d2infra.modeling  # noqa: F401  registers the small backbone
 from detectron2.config import get_cfg
+from detectron2.layers import batched_nms
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from imbalance.config import add_imbalance_config
 
 import iou_aware
-from iou_aware.iou_branch import candidate_score_floor
+from iou_aware.iou_branch import candidate_score_floor, nms_top_detections
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
 SIZE = 128
@@ -166,3 +167,49 @@ def test_iou_aware_fcos_detections_equal_the_straightforward_computation(mode):
         ours = model.forward_inference(imgs, features, outputs)
     for o, e in zip(ours, expected):
         assert_same_detections(o, e)
+
+
+def clustered_candidates(num, num_classes=6, objects=8, seed=0, scattered=0.3):
+    """Candidates as a dense detector makes them: many jittered boxes around a few objects, in
+    several classes, plus scattered boxes; scores in (0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(objects, 2, generator=g) * 200
+    sizes = 20 + torch.rand(objects, 2, generator=g) * 60
+    which = torch.randint(0, objects, (num,), generator=g)
+    ctr = centres[which] + torch.randn(num, 2, generator=g) * 6
+    wh = sizes[which] * (1 + 0.2 * torch.randn(num, 2, generator=g)).clamp(min=0.3)
+    scattered = torch.rand(num, generator=g) < scattered
+    ctr[scattered] = torch.rand(int(scattered.sum()), 2, generator=g) * 256
+    boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1)
+    scores = torch.rand(num, generator=g)
+    classes = torch.randint(0, num_classes, (num,), generator=g)
+    return boxes, scores, classes
+
+
+@pytest.mark.parametrize("num,max_det,objects,scattered", [
+    (2216, 100, 8, 0.3), (2216, 20, 8, 0.3), (900, 100, 8, 0.3), (300, 100, 8, 0.3),
+    (2216, 400, 8, 0.3), (50, 100, 8, 0.3),
+    # 3 objects, nothing scattered: 154 boxes survive, the first 100 among the best 776 (n grows
+    # from 500 to 1000); with max_det 200 never enough survive (n grows to all).
+    (2216, 100, 3, 0.0), (2216, 200, 3, 0.0),
+])
+def test_nms_of_the_best_candidates_first_equals_nms_of_all(num, max_det, objects, scattered):
+    """Against Detectron2's batched_nms of every candidate, cut to max_det: the same boxes in the
+    same order, whether the first n suffice, n must grow, or fewer than max_det survive."""
+    boxes, scores, classes = clustered_candidates(num, objects=objects, scattered=scattered)
+    expected = batched_nms(boxes, scores, classes, 0.5)[:max_det]
+    ours = nms_top_detections(boxes, scores, classes, 0.5, max_det)
+    assert torch.equal(ours, expected)
+
+
+def test_nms_of_the_best_candidates_first_with_ties_at_the_cut():
+    """Scores in steps of 1/64, so that the first cuts (500, 1000 candidates) fall inside groups of
+    equal scores. Which of equally scored boxes NMS visits first is arbitrary in batched_nms too,
+    so only the kept scores are compared."""
+    boxes, scores, classes = clustered_candidates(2216, seed=3)
+    scores = (scores * 64).floor() / 64 + 0.01
+    ranked = scores.sort(descending=True).values
+    assert ranked[499] == ranked[500] and ranked[999] == ranked[1000]
+    expected = batched_nms(boxes, scores, classes, 0.5)[:100]
+    ours = nms_top_detections(boxes, scores, classes, 0.5, 100)
+    assert torch.equal(scores[ours], scores[expected])

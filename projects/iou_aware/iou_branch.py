@@ -8,8 +8,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torchvision.ops import nms
 
-from detectron2.layers import batched_nms, cat
+from detectron2.layers import batched_nms, cat, nonzero_tuple
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 
@@ -19,6 +20,7 @@ __all__ = [
     "iou_prediction_loss",
     "iou_branch_loss",
     "candidate_score_floor",
+    "nms_top_detections",
     "IoUConfidenceDecodingMixin",
 ]
 
@@ -138,6 +140,50 @@ def candidate_score_floor(alpha: float, score_thresh: float) -> float:
     if alpha < 0 or alpha == 1:
         return float(score_thresh)
     return float(score_thresh) ** (1.0 / alpha) * (1.0 - 1e-4)
+
+
+def _per_class_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS within each class (torchvision's ``nms`` per class, as ``batched_nms`` does for
+    many boxes); the kept indices in decreasing score."""
+    boxes = boxes.float()  # as Detectron2's batched_nms
+    kept = torch.zeros_like(scores, dtype=torch.bool)
+    for c in torch.unique(classes):
+        members = nonzero_tuple(classes == c)[0]
+        kept[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+    kept_idxs = nonzero_tuple(kept)[0]
+    return kept_idxs[scores[kept_idxs].sort(descending=True).indices]
+
+
+def nms_top_detections(
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, max_detections: int
+) -> Tensor:
+    """``batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]``, computed on the best
+    candidates first.
+
+    Greedy NMS keeps or suppresses a box by the higher-scoring boxes of its class alone, so NMS of
+    the n best candidates keeps the same boxes among them as NMS of all; once ``max_detections`` of
+    them are kept, no other candidate can rank among the first ``max_detections``. n starts at 5
+    ``max_detections`` and doubles (including the candidates tied with the n-th) until enough are
+    kept. With the IoU-aware confidence thousands of candidates pass the score threshold (every
+    level's top k on a trained model here), and NMS of them all cost more than the rest of the
+    decoding.
+
+    Returns:
+        Indices of the kept boxes, in decreasing score.
+    """
+    num = scores.numel()
+    n = 5 * max_detections
+    if max_detections < 0 or num <= n:
+        return batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]
+    ranked, order = scores.sort(descending=True)
+    while True:
+        if n < num:  # the candidates tied with the n-th go in with it
+            n = int((ranked >= ranked[n - 1]).sum())
+        best = order[:n].sort().values  # in the candidates' own order
+        keep = _per_class_nms(boxes[best], scores[best], classes[best], iou_threshold)
+        if keep.numel() >= max_detections or n >= num:
+            return best[keep[:max_detections]]
+        n *= 2
 
 
 class IoUConfidenceDecodingMixin:
@@ -261,7 +307,8 @@ class IoUConfidenceDecodingMixin:
                 )
             ]
         )
-        keep = batched_nms(  # per-class NMS, ranked by the confidence
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        keep = nms_top_detections(  # per-class NMS, ranked by the confidence
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh,
+            self.max_detections_per_image,
         )
-        return pred[keep[: self.max_detections_per_image]]
+        return pred[keep]
