@@ -346,7 +346,8 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
             rois, classes = nonzero_tuple(candidates)
         deltas = self.coder.decode(logits[rois, classes], self.expectation)  # (F, 4)
         boxes = proposal_boxes.repeat(1, self.num_bbox_reg_classes)
-        boxes.view(len(boxes), -1, 4)[rois, classes] = self.box2box_transform.apply_deltas(
-            deltas, proposal_boxes[rois]
-        ).to(boxes.dtype)
+        # (R, C or 1, 4): an explicit class count, as -1 is ambiguous when there is no RoI.
+        boxes.view(len(boxes), self.num_bbox_reg_classes, 4)[rois, classes] = (
+            self.box2box_transform.apply_deltas(deltas, proposal_boxes[rois]).to(boxes.dtype)
+        )
         return boxes
