@@ -173,7 +173,7 @@ def nms_top_detections(
     """
     num = scores.numel()
     n = 5 * max_detections
-    if max_detections < 0 or num <= n:
+    if max_detections <= 0 or num <= n:
         return batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]
     ranked, order = scores.sort(descending=True)
     while True:
