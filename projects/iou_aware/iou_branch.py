@@ -166,7 +166,9 @@ def nms_top_detections(
     ``max_detections`` and doubles (including the candidates tied with the n-th) until enough are
     kept. With the IoU-aware confidence thousands of candidates pass the score threshold (every
     level's top k on a trained model here), and NMS of them all cost more than the rest of the
-    decoding.
+    decoding. The n best go through NMS class by class, as ``batched_nms`` does for more than
+    1000 CPU boxes; for fewer it offsets each class's coordinates instead, which can differ only
+    where an IoU is within float rounding of the threshold.
 
     Returns:
         Indices of the kept boxes, in decreasing score.
