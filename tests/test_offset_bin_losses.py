@@ -142,3 +142,78 @@ def test_zero_loss_weight_is_valid():
 def test_refused_values_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         predictor(**kwargs)
+
+
+def test_class_zero_is_foreground():
+    """Class 0 is a foreground class (Detectron2's labels: 0..C-1, C background): it has a
+    cross-entropy and a bin loss."""
+    layer = predictor()
+    inst = image(PROPOSALS[:1], [GT], [0])
+    g = torch.Generator().manual_seed(6)
+    scores = torch.randn(1, NUM_CLASSES + 1, generator=g)
+    bin_logits = torch.randn(1, NUM_CLASSES * 20, generator=g)
+    ce, loc = layer.per_roi_losses((scores, bin_logits), [inst])
+    assert ce.item() == pytest.approx(F.cross_entropy(scores, torch.tensor([0])).item(), rel=1e-5)
+    logits = bin_logits[0].view(NUM_CLASSES, 4, 5)[0]
+    expected = -logits.log_softmax(-1)[torch.arange(4), torch.tensor(LABELS)].sum()
+    assert loc.item() == pytest.approx(expected.item(), rel=1e-5)
+    # One sampled RoI: the losses are divided by 1 (Detectron2's mean over the sampled RoIs).
+    with EventStorage():
+        losses = layer.losses((scores, bin_logits), [inst])
+    assert losses["loss_cls"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert losses["loss_bin_stage0"].item() == pytest.approx(expected.item(), rel=1e-5)
+    reg = layer.box_reg_loss(inst.proposal_boxes.tensor, inst.gt_boxes.tensor, bin_logits,
+                             inst.gt_classes)
+    assert reg.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_loss_weights_of_some_images_only():
+    """An image without ``loss_weights`` weighs 1 per RoI; float64 weights do not change the
+    losses' dtype."""
+    layer = predictor()
+    g = torch.Generator().manual_seed(7)
+    predictions = (torch.randn(4, NUM_CLASSES + 1, generator=g),
+                   torch.randn(4, NUM_CLASSES * 20, generator=g))
+    weighted = training_image()
+    weighted.loss_weights = torch.tensor([2.0, 3.0, 5.0], dtype=torch.float64)
+    plain = image(PROPOSALS[:1], [GT], [1])  # no loss_weights
+    with EventStorage():
+        losses = layer.losses(predictions, [weighted, plain])
+    ce = F.cross_entropy(predictions[0][[0, 1, 3]], torch.tensor([2, NUM_CLASSES, 1]),
+                         reduction="none")
+    expected = (2.0 * ce[0] + 3.0 * ce[1] + 1.0 * ce[2]) / 4  # the ignored RoI has no loss
+    assert losses["loss_cls"].dtype == torch.float32
+    assert losses["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses["loss_bin_stage0"].dtype == torch.float32
+
+
+def test_forward_flattens_any_feature_layout():
+    layer = OffsetBinOutputLayers(ShapeSpec(channels=4, width=2),
+                                  box2box_transform=Box2BoxTransform(WEIGHTS),
+                                  num_classes=NUM_CLASSES, num_bins=5, num_focusing_stages=1)
+    x = torch.randn(2, 4, 2)  # (N, C, L)
+    scores, bins = layer(x)
+    assert torch.equal(bins, layer(x.flatten(1))[1]) and scores.shape == (2, NUM_CLASSES + 1)
+
+
+def test_proposals_with_gradient_are_refused():
+    inst = training_image()
+    inst.proposal_boxes = Boxes(inst.proposal_boxes.tensor.requires_grad_())
+    layer = predictor()
+    with pytest.raises(AssertionError, match="^Proposals should not require gradients!$"):
+        layer.per_roi_losses((torch.zeros(3, NUM_CLASSES + 1), torch.zeros(3, NUM_CLASSES * 20)),
+                             [inst])
+
+
+def test_bad_cls_agnostic_names_the_key():
+    from detectron2.config import get_cfg
+
+    from offset_bin import add_offset_bin_config
+    from offset_bin.output_layers import _resolve_cls_agnostic
+
+    cfg = get_cfg()
+    add_offset_bin_config(cfg)
+    cfg.MODEL.OFFSET_BIN.CLS_AGNOSTIC = "yes"
+    with pytest.raises(ValueError, match=r"^MODEL\.OFFSET_BIN\.CLS_AGNOSTIC must be True, False, "
+                                         r"or None/\"\" \(inherit MODEL\.ROI_BOX_HEAD"):
+        _resolve_cls_agnostic(cfg)
