@@ -205,3 +205,24 @@ def test_cascade_pisa_uses_stage0_modules_and_pisa_predictors():
     with EventStorage():
         _, losses = head(None, features, proposals, targets)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_pisa_batched_head_pass_samples_as_one_pass_per_image():
+    # the sampling heads evaluate every image's negatives in one pooler/box-head call; the
+    # sampled RoIs and weights are those of a pass per image (the sampler asking candidate_head)
+    features, proposals, targets = batch()
+    cfg = head_cfg("SamplingStandardROIHeads", "pisa", batch=8)
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "PISAFastRCNNOutputLayers"
+    head = build(cfg)
+    head.train()
+    runs = []
+    for batched in (True, False):
+        if not batched:
+            head.roi_sampler.head_candidates = lambda candidates: None
+        with EventStorage(), head.sampling_features(features):
+            torch.manual_seed(0)
+            runs.append(head.label_and_sample_proposals(proposals, targets))
+    for a, b in zip(*runs):
+        assert torch.equal(a.proposal_boxes.tensor, b.proposal_boxes.tensor)
+        assert torch.allclose(a.loss_weights, b.loss_weights, rtol=1e-5, atol=0)
+        assert (a.loss_weights != 1).any() or len(a) == 0

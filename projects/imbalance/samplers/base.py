@@ -78,6 +78,12 @@ class RoISampler:
     def __call__(self, candidates: Candidates) -> SampledRoIs:
         raise NotImplementedError
 
+    def head_candidates(self, candidates: Candidates) -> Optional[torch.Tensor]:
+        """The candidates :meth:`__call__` will pass to ``candidates.head``, when known before
+        sampling (None if not): the sampling heads then evaluate those of every image of the batch
+        in one pass."""
+        return None
+
 
 @ROI_SAMPLER_REGISTRY.register()
 class RandomSampler(RoISampler):

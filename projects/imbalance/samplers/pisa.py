@@ -162,6 +162,15 @@ class PISASampler(RoISampler):
         self.score_thresh = float(c.NEG_SCORE_THRESH)
         self.nms_thresh = float(c.NEG_NMS_THRESH)
 
+    def head_candidates(self, candidates: Candidates) -> torch.Tensor:
+        """The negatives, if any is to be sampled (see ``RoISampler.head_candidates``)."""
+        labels, k = candidates.labels, candidates.num_classes
+        num_pos = int(((labels >= 0) & (labels != k)).sum())
+        room = self.batch_size_per_image - min(num_pos, int(self.batch_size_per_image *
+                                                             self.positive_fraction))
+        negatives = torch.nonzero(labels == k, as_tuple=True)[0]
+        return negatives if room > 0 else negatives[:0]
+
     def __call__(self, candidates: Candidates) -> SampledRoIs:
         k = candidates.num_classes
         pos, _ = subsample_labels(candidates.labels, self.batch_size_per_image,

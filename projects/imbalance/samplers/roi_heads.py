@@ -3,7 +3,7 @@ import contextlib
 import functools
 import logging
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -21,6 +21,15 @@ from d2infra.modeling.box_predictor import PredictorFromConfigMixin, build_box_p
 from .base import Candidates, RoISampler, build_roi_sampler
 
 logger = logging.getLogger(__name__)
+
+
+def _cached_head(cached: torch.Tensor, logits: torch.Tensor, boxes: torch.Tensor,
+                 fallback: Callable, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``Candidates.head`` answered from a batched pass over the candidates ``cached``; other
+    requests go to ``fallback`` (a pass of their own)."""
+    if torch.equal(indices, cached):
+        return logits, boxes
+    return fallback(indices)
 
 
 class RoISamplingMixin:
@@ -105,8 +114,8 @@ class RoISamplingMixin:
             classification and box-regression loss (the predictor's ``per_roi_losses`` if it has
             one, else :func:`imbalance.losses.fast_rcnn_per_roi_losses`).
         """
-        box_predictor, predictions = self._candidate_forward(proposals.proposal_boxes,
-                                                             image_index, stage)
+        box_predictor, predictions = self._candidate_forward([proposals.proposal_boxes],
+                                                             [image_index], stage)
         candidates = Instances(proposals.image_size, proposal_boxes=proposals.proposal_boxes,
                                gt_classes=labels)
         if len(targets) > 0:
@@ -134,15 +143,15 @@ class RoISamplingMixin:
             ``predict_boxes`` (regressed boxes, per class unless class-agnostic).
         """
         subset = proposals.proposal_boxes[indices]
-        box_predictor, predictions = self._candidate_forward(subset, image_index, stage)
+        box_predictor, predictions = self._candidate_forward([subset], [image_index], stage)
         with torch.no_grad():
             boxes = box_predictor.predict_boxes(
                 predictions, [Instances(proposals.image_size, proposal_boxes=subset)])[0]
         return predictions[0], boxes
 
-    def _candidate_forward(self, boxes: Boxes, image_index: int, stage: str):
-        """Pool ``boxes`` of image ``image_index`` and run the stage's box head and predictor
-        without gradient; returns ``(box_predictor, predictions)``."""
+    def _candidate_forward(self, boxes: List[Boxes], image_indices: List[int], stage: str):
+        """Pool ``boxes[j]`` of image ``image_indices[j]`` and run the stage's box head and
+        predictor without gradient; returns ``(box_predictor, predictions)``."""
         features = getattr(self, "_sampling_features", None)
         if features is None:
             raise RuntimeError(
@@ -151,9 +160,53 @@ class RoISamplingMixin:
                 "forward()")
         box_head, box_predictor = self.sampling_box_modules(stage)
         with torch.no_grad():
-            x = [features[f][image_index:image_index + 1] for f in self.box_in_features]
-            predictions = box_predictor(box_head(self.box_pooler(x, [boxes])))
+            x = [features[f] for f in self.box_in_features]
+            if image_indices != list(range(len(x[0]))):
+                x = [f[image_indices] for f in x]
+            predictions = box_predictor(box_head(self.box_pooler(x, boxes)))
         return box_predictor, predictions
+
+    def _label_candidates(self, proposals: Instances, targets: Instances, matcher: Matcher,
+                          image_index: int, stage: str) -> Candidates:
+        """Match one image's proposals to its ground truth: the sampler's :class:`Candidates`
+        (with lazy ``predictions`` and ``head`` when the sampler needs them)."""
+        iou_matrix = pairwise_iou(targets.gt_boxes, proposals.proposal_boxes)
+        matched_idxs, matched_labels = matcher(iou_matrix)
+        if len(targets) > 0:
+            ious = iou_matrix.max(dim=0).values
+            labels = targets.gt_classes[matched_idxs]
+            labels[matched_labels == 0] = self.num_classes
+            labels[matched_labels == -1] = -1
+        else:
+            ious = torch.zeros_like(matched_idxs, dtype=torch.float32)
+            labels = torch.zeros_like(matched_idxs) + self.num_classes
+        predictions = head = None
+        if self.roi_sampler.needs_predictions:
+            predictions = functools.partial(
+                self.candidate_predictions, proposals, labels, matched_idxs, targets,
+                image_index=image_index, stage=stage)
+            head = functools.partial(self.candidate_head, proposals, image_index=image_index,
+                                     stage=stage)
+        return Candidates(labels, ious, matched_idxs, self.num_classes, predictions,
+                          boxes=proposals.proposal_boxes.tensor, head=head)
+
+    def _batch_candidate_heads(self, proposals: List[Instances], candidates: List[Candidates],
+                               stage: str) -> None:
+        """Evaluate, in one pass over the batch, the candidates each image's sampler will ask
+        ``head`` for (``RoISampler.head_candidates``), and make ``head`` answer from that pass.
+        One pooler and box-head call for all images instead of one per image."""
+        wanted = [self.roi_sampler.head_candidates(c) for c in candidates]
+        if any(w is None for w in wanted) or sum(len(w) for w in wanted) == 0:
+            return
+        boxes = [p.proposal_boxes[w] for p, w in zip(proposals, wanted)]
+        box_predictor, predictions = self._candidate_forward(boxes, list(range(len(boxes))), stage)
+        with torch.no_grad():
+            pred_boxes = box_predictor.predict_boxes(
+                predictions, [Instances(p.image_size, proposal_boxes=b)
+                              for p, b in zip(proposals, boxes)])
+        logits = predictions[0].split([len(w) for w in wanted])
+        for c, w, lg, bx in zip(candidates, wanted, logits, pred_boxes):
+            c.head = functools.partial(_cached_head, w, lg, bx, c.head)
 
     @torch.no_grad()
     def label_and_sample_proposals(
@@ -181,32 +234,19 @@ class RoISamplingMixin:
         if append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
 
+        candidates = [
+            self._label_candidates(p, t, matcher, image_index, stage)
+            for image_index, (p, t) in enumerate(zip(proposals, targets))
+        ]
+        if self.roi_sampler.needs_predictions:
+            self._batch_candidate_heads(proposals, candidates, stage)
+
         sampled_proposals, fg_ious = [], []
         num_fg, num_bg = 0, 0
-        for image_index, (proposals_per_image, targets_per_image) in enumerate(
-                zip(proposals, targets)):
+        for proposals_per_image, targets_per_image, cands in zip(proposals, targets, candidates):
             has_gt = len(targets_per_image) > 0
-            iou_matrix = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
-            matched_idxs, matched_labels = matcher(iou_matrix)
-            if has_gt:
-                ious = iou_matrix.max(dim=0).values
-                labels = targets_per_image.gt_classes[matched_idxs]
-                labels[matched_labels == 0] = self.num_classes
-                labels[matched_labels == -1] = -1
-            else:
-                ious = torch.zeros_like(matched_idxs, dtype=torch.float32)
-                labels = torch.zeros_like(matched_idxs) + self.num_classes
-
-            predictions = head = None
-            if self.roi_sampler.needs_predictions:
-                predictions = functools.partial(
-                    self.candidate_predictions, proposals_per_image, labels, matched_idxs,
-                    targets_per_image, image_index=image_index, stage=stage)
-                head = functools.partial(self.candidate_head, proposals_per_image,
-                                         image_index=image_index, stage=stage)
-            sampled = self.roi_sampler(
-                Candidates(labels, ious, matched_idxs, self.num_classes, predictions,
-                           boxes=proposals_per_image.proposal_boxes.tensor, head=head))
+            labels, ious, matched_idxs = cands.labels, cands.ious, cands.matched_idxs
+            sampled = self.roi_sampler(cands)
             idx = sampled.indices
 
             proposals_per_image = proposals_per_image[idx]
