@@ -10,9 +10,18 @@ import logging
 import pytest
 import torch
 from detectron2.engine import DefaultTrainer
-from test_resume import ToyTrainer, make_cfg  # tests/ is on sys.path under pytest
+from toy_training import TinyModel, toy_cfg, toy_trainer
 
 from train_net import upgrade_trainer_state
+
+BATCH = {"x": torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]]), "y": torch.eye(2)}
+ToyTrainer = toy_trainer(TinyModel, lambda: BATCH)
+
+
+def make_cfg(output_dir):
+    # 6 iterations, warmup over 2, a checkpoint every 3.
+    return toy_cfg(output_dir, "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "2",
+                   "SOLVER.MOMENTUM", "0.9", "SOLVER.CHECKPOINT_PERIOD", "3")
 
 
 def test_upgrade_of_a_v06_state_adds_the_fresh_inner_state():
@@ -35,8 +44,8 @@ def test_upgrade_keeps_a_main_state_and_rejects_other_dicts():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """train_net's Trainer, checkpointer and hooks on test_resume's tiny model: 6 iterations,
-    checkpointed after the third (warmup done, momentum non-zero)."""
+    """train_net's Trainer, checkpointer and hooks on the tiny model of toy_training: 6
+    iterations, checkpointed after the third (warmup done, momentum non-zero)."""
     out = tmp_path_factory.mktemp("whole")
     ToyTrainer(make_cfg(out)).train()
     return out / "model_0000002.pth"
