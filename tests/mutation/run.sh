@@ -19,7 +19,7 @@ case "$TARGET" in  # the module(s) to mutate, and the test files that run for it
   coder)         only='"offset_bin/coder.py"';               tests="tests/test_offset_bin_*.py" ;;
   output_layers) only='"offset_bin/output_layers.py"';       tests="tests/test_offset_bin_*.py" ;;
   samplers)      only='"imbalance/samplers/*.py"';           tests="tests/test_samplers_*.py" ;;
-  iou_branch)    only='"iou_aware/iou_branch.py"';           tests="tests/test_iou_aware_*.py" ;;
+  iou_branch)    only='"iou_aware/iou_branch.py"';           tests="tests/test_iou_aware_*.py tests/test_iou_branch_*.py" ;;
   r3cnn)         only='"r3cnn/roi_heads.py"';                tests="tests/test_r3cnn_*.py" ;;
   *) echo "unknown target $TARGET" >&2; exit 2 ;;
 esac
@@ -45,7 +45,8 @@ process_isolation = "forkserver"
 TOML
 cd "$WORK"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-"$MUTMUT" run --max-children "${MAX_CHILDREN:-2}" || true
+# TIME_LIMIT=seconds stops the run there (0: none); the mutants not run yet count as "not checked".
+timeout -s INT -k 60 "${TIME_LIMIT:-0}" "$MUTMUT" run --max-children "${MAX_CHILDREN:-2}" || true
 "$MUTMUT" results --all true > results.txt 2>&1 || true
 # Per mutated module: killed / survived / other (timeout, suspicious, no tests, ...), and the score.
 echo "== $TARGET, $(date -u +%F), mutmut $("$PY" -c 'import importlib.metadata as m; print(m.version("mutmut"))') =="
