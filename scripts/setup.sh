@@ -93,7 +93,8 @@ if [ -n "$SRC" ]; then
     else
       cp -a "$SRC" "$build/"
     fi
-    src_dir=$(dirname "$(find "$build" -maxdepth 3 -name setup.py -path "*/setup.py" | sort | head -1)")
+    # The shallowest setup.py: the archive's top folder (or the tree's root), not a project's.
+    src_dir=$(dirname "$(find "$build" -maxdepth 3 -name setup.py | awk -F/ '{print NF, $0}' | sort -n | head -1 | cut -d' ' -f2-)")
     # --no-build-isolation: setup.py imports torch to compile against it. CFLAGS=-g0 (unless set):
     # no debug info, which Python's default flags ask for and which slows the compile.
     t0=$(date +%s)
