@@ -83,9 +83,11 @@ echo "[setup] torch and the build tools (pins: ${PINS#$ROOT/})"
 pip install -c "$PINS" torch torchvision numpy "setuptools" wheel
 
 if [ -n "$SRC" ]; then
-  echo "[setup] Detectron2 from $SRC, compiling its C++ ops"
   wheels=$cache/source-$src_id
-  if ! ls "$wheels"/detectron2-*.whl >/dev/null 2>&1; then
+  if ls "$wheels"/detectron2-*.whl >/dev/null 2>&1; then
+    echo "[setup] Detectron2 from $SRC: the wheel compiled before (${wheels#$ROOT/})"
+  else
+    echo "[setup] Detectron2 from $SRC, compiling its C++ ops"
     build=$(mktemp -d "$cache/build.XXXX")
     # Build a copy: the compile writes build/ and a model_zoo/configs link into the tree.
     if [ -f "$SRC" ]; then
