@@ -31,7 +31,7 @@ run_leg() {  # name, venv, setup environment (VAR=value ...) -- pytest arguments
     return
   fi
   t1=$(date +%s)
-  echo "[test] leg $name: $("$venv/bin/python" -W ignore -c 'import detectron2, os; print("detectron2", detectron2.__version__, "from", os.path.dirname(detectron2.__file__))')"
+  echo "[test] leg $name: $("$venv/bin/python" -W ignore -c 'import detectron2, detectron2._C as c, os; print("detectron2", detectron2.__version__, "from", os.path.dirname(detectron2.__file__), "with", "our PyTorch ops" if c.__file__.endswith(".py") else "its compiled ops")')"
   "$venv/bin/python" -m pytest "$@"
   rc=$?
   t2=$(date +%s)
