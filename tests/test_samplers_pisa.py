@@ -18,7 +18,12 @@ from imbalance.modeling.weighted_fast_rcnn import (
     WeightedFastRCNNOutputLayers,
 )
 from imbalance.samplers import Candidates, build_roi_sampler
-from imbalance.samplers.pisa import hierarchical_local_rank, nms_groups
+from imbalance.samplers.pisa import (
+    hierarchical_local_rank,
+    isr_p_weights,
+    nms_groups,
+    prime_sample_weights,
+)
 
 K = 2
 
@@ -264,3 +269,33 @@ def test_weighted_predictor_equals_weighted_sum_of_single_roi_losses(agnostic, l
     # the weights carry gradient to the predictions as scaled per-RoI losses
     sum(got.values()).backward()
     assert pred.cls_score.weight.grad is not None
+
+
+def test_prime_sample_weights_eq6_with_beta():
+    # Eq. 5: r_bar = (4 - r) / 4; Eq. 6 with beta 0.25, gamma 2: (0.75 r_bar + 0.25)^2
+    got = prime_sample_weights(torch.tensor([0, 1, 2, 3]), 4, gamma=2.0, beta=0.25)
+    expected = [(0.75 * r_bar + 0.25) ** 2 for r_bar in (1.0, 0.75, 0.5, 0.25)]
+    assert got.tolist() == pytest.approx(expected)
+
+
+def test_isr_p_weights_with_prior_weights_and_beta():
+    # three positives of one class, three objects: ranks 0, 1, 2 by IoU, N_max 3; the prior
+    # weight multiplies r_bar before Eq. 6 (gamma 1, beta 0.2), as isr_p's label weights do
+    ious, prior = torch.tensor([0.7, 0.9, 0.8]), torch.tensor([2.0, 0.5, 1.0])
+    ce = torch.tensor([0.3, 1.2, 0.6])
+    got = isr_p_weights(ious, torch.tensor([0, 1, 2]), torch.tensor([1, 1, 1]), ce, 1.0, 0.2,
+                        prior=prior)
+    r_bar = [1 / 3, 1.0, 2 / 3]
+    w = [0.2 + 0.8 * r * p for r, p in zip(r_bar, prior.tolist())]
+    ratio = float((prior * ce).sum()) / sum(wi * c for wi, c in zip(w, ce.tolist()))
+    assert got.tolist() == pytest.approx([wi * ratio for wi in w], rel=1e-5)
+
+
+def test_pisa_sampler_one_negative_wanted():
+    # batch 3 at 2/3 positive: 2 positives, 1 negative, the first by score-HLR, weight 1
+    candidates, _ = hand_batch()
+    cfg = pisa_cfg(batch=3)
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 2 / 3
+    sampled = build_roi_sampler(cfg)(candidates)
+    assert sampled.indices[2:].tolist() == [3]
+    assert sampled.weights.tolist() == pytest.approx([1.0, 1.0, 1.0])
