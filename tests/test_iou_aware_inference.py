@@ -1,7 +1,7 @@
-"""Tests of the IoU-aware detectors' inference: the decoding that evaluates Eq. 5 only where the
-classification score lets it pass the threshold gives the detections of the straightforward
-computation (Eq. 5 on every location and class, then Detectron2's own decoding) on fixed weights."""
-import math
+"""Tests of the IoU-aware detectors' inference: the decoding (one topk of Eq. 5 over every location
+and class, then the threshold; NMS of the best candidates first) gives the detections of the
+straightforward computation (Eq. 5 on every location and class, then Detectron2's own decoding:
+threshold, sort, top k, batched_nms) on fixed weights."""
 import os
 
 import numpy as np
@@ -16,35 +16,10 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from imbalance.config import add_imbalance_config
 
 import iou_aware
-from iou_aware.iou_branch import candidate_score_floor, nms_top_detections
+from iou_aware.iou_branch import nms_top_detections
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
 SIZE = 128
-
-
-def test_candidate_score_floor_by_hand():
-    # alpha 0.5, t 0.05: S <= sqrt(p) > 0.05 needs p > 0.0025
-    assert candidate_score_floor(0.5, 0.05) == pytest.approx(0.0025 * (1 - 1e-4), rel=1e-12)
-    # alpha 0.3, t 0.05: p > 0.05^(1/0.3) = exp(-2.995732 / 0.3) = e^-10 * e^0.014227 = 4.6050e-5
-    assert candidate_score_floor(0.3, 0.05) == pytest.approx(4.6050e-5 * (1 - 1e-4), rel=1e-4)
-    # product (alpha < 0) and p alone (alpha 1): S <= p, so p > t
-    assert candidate_score_floor(-1.0, 0.05) == 0.05 and candidate_score_floor(1.0, 0.05) == 0.05
-    # S = q (alpha 0), or a threshold that lets everything pass: no floor
-    assert candidate_score_floor(0.0, 0.05) == -math.inf
-    assert candidate_score_floor(0.5, 0.0) == -math.inf
-
-
-@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.7])
-def test_no_candidate_that_passes_is_under_the_floor(alpha):
-    """With q = 1 (the largest S for a given p), float32 p just around the floor: every p whose
-    float32 confidence passes the threshold is above the floor."""
-    t = 0.05
-    exact = t ** (1 / alpha)
-    p = torch.linspace(exact * 0.999, exact * 1.001, 20001, dtype=torch.float32)
-    s = p.pow(alpha) * torch.ones(1).pow(1 - alpha)
-    passes = s > t
-    assert passes.any() and not passes.all()
-    assert (p[passes] > candidate_score_floor(alpha, t)).all()
 
 
 def make_cfg(config, **overrides):
@@ -66,15 +41,19 @@ def make_cfg(config, **overrides):
     return cfg
 
 
-def trained_like(model, seed=0, iou_near_1=False):
+def trained_like(model, seed=0, iou_near_1=False, young=False):
     """Fixed weights whose scores look like a trained model's: most classification scores far
     below the threshold, a few above it, predicted IoUs spread over (0, 1) (or all near 1, the
-    largest confidence a classification score can reach)."""
+    largest confidence a classification score can reach). ``young``: like a model after a few
+    hundred iterations, every classification score near 0.1, so that every confidence passes the
+    threshold and the top k of each level are chosen among all pairs."""
     torch.manual_seed(seed)
     head = model.head
     with torch.no_grad():
-        head.cls_score.weight.normal_(0, 0.3)
+        head.cls_score.weight.normal_(0, 0.01 if young else 0.3)
         head.cls_score.bias.normal_(-4.0, 2.0)
+        if young:
+            head.cls_score.bias.uniform_(-2.5, -1.5)
         for conv in (head.bbox_pred, head.iou_pred, getattr(head, "ctrness", None)):
             if conv is not None:
                 conv.weight.normal_(0, 0.3)
@@ -147,6 +126,27 @@ def test_iou_aware_retinanet_detections_equal_the_straightforward_computation(al
         **(KEEP_ALL if keep_all else {}))), iou_near_1=keep_all)
     with torch.no_grad():
         imgs, features, outputs, expected = straightforward(model, images(), lambda e: e[0])
+        ours = model.forward_inference(imgs, features, outputs)
+    for o, e in zip(ours, expected):
+        assert_same_detections(o, e)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3])
+def test_young_model_every_pair_passes_and_topk_binds(alpha):
+    """Every (location, class) confidence passes the threshold and each level has more pairs than
+    the top k: the top k of all pairs are the detections' candidates, as Detectron2's sort of all
+    the pairs above the threshold makes them."""
+    model = trained_like(build_model(make_cfg(
+        "iou_aware_retinanet_smallR_FPN_shapes.yaml", **{"MODEL.IOU_AWARE.ALPHA": alpha})),
+        young=True)
+    with torch.no_grad():
+        imgs, features, outputs, expected = straightforward(model, images(), lambda e: e[0])
+        logits, _, iou_logits = model._transpose_dense_predictions(
+            outputs, [model.num_classes, 4, 1])
+        for p, q in zip(logits, iou_logits):  # every pair passes; top k binds on the first levels
+            s = p.sigmoid() ** alpha * q.sigmoid() ** (1 - alpha)
+            assert (s > model.test_score_thresh).all()
+        assert logits[0].shape[1] * logits[0].shape[2] > model.test_topk_candidates
         ours = model.forward_inference(imgs, features, outputs)
     for o, e in zip(ours, expected):
         assert_same_detections(o, e)
