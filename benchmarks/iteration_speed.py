@@ -2,14 +2,17 @@
 """Seconds per training iteration of configs on this machine, with their real data loader.
 
     python benchmarks/iteration_speed.py --iters 30 --warmup 5 [--inference N] [--rounds R] \
-        CONFIG [CONFIG ...] [--opts K V ...]
+        [--weights W1 --weights W2 ...] CONFIG [CONFIG ...] [--opts K V ...]
 
 Builds each config's model and train loader as train_net.py does, runs ``warmup`` iterations, then
 times ``iters`` forward+backward+SGD steps, and prints one Markdown row per config with the command,
 machine and date (and appends them as JSON lines to ``--out``). ``--inference N`` also times the
 inference of N images (batch 1, after one untimed image) of the config's first test set with the
-model as trained by those steps. ``--rounds 2`` times every config once in the given order, then
-once in reverse, and reports medians over both (drift of a shared machine hits all configs alike).
+model as trained by those steps. ``--weights`` gives one checkpoint per config: the model starts
+from it and its inference is timed on it (reloaded after the training steps); with ``--iters 0``
+only the inference is timed. ``--rounds R`` times every config once in the given order, then once
+in reverse, and so on R times, and reports medians over all rounds (drift of a shared machine hits
+all configs alike).
 """
 import argparse
 import datetime
@@ -63,18 +66,30 @@ def time_inference(model: torch.nn.Module, loader, images: int, warmup: int = 1)
     return times
 
 
-def time_config(config_file: str, iters: int, warmup: int, opts: list, images: int = 0) -> dict:
+def time_config(config_file: str, iters: int, warmup: int, opts: list, images: int = 0,
+                weights: str = "") -> dict:
+    """Training-step times (none if ``iters`` is 0) and, for ``images`` > 0, inference times of
+    one config; from the checkpoint ``weights`` if given (inference on it as loaded)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
     args = argparse.Namespace(config_file=config_file, opts=list(opts) + [
-        "OUTPUT_DIR", "/tmp/iteration_speed", "SOLVER.MAX_ITER", str(iters + warmup)],
+        "OUTPUT_DIR", "/tmp/iteration_speed", "SOLVER.MAX_ITER", str(max(iters + warmup, 1))],
         eval_only=False, resume=False, num_gpus=1)
     cfg = setup(args)
     model = Trainer.build_model(cfg)
-    times = sorted(time_training_steps(model, Trainer.build_optimizer(cfg, model),
-                                       Trainer.build_train_loader(cfg), warmup, iters))
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"--weights: no checkpoint file {weights!r} for {config_file}")
+        DetectionCheckpointer(model).load(weights)
+    times = []
+    if iters > 0:
+        times = sorted(time_training_steps(model, Trainer.build_optimizer(cfg, model),
+                                           Trainer.build_train_loader(cfg), warmup, iters))
+        if weights:
+            DetectionCheckpointer(model).load(weights)  # inference on the given weights
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out = {"config": config_file, "sec_per_iter_mean": sum(times) / len(times),
-           "sec_per_iter_median": times[len(times) // 2], "iters": iters,
-           "batch": cfg.SOLVER.IMS_PER_BATCH, "params": params, "train_times": times}
+    out = {"config": config_file, "iters": iters, "batch": cfg.SOLVER.IMS_PER_BATCH,
+           "params": params, "train_times": times, "weights": weights or None}
     if images:
         from detectron2.data import build_detection_test_loader
 
@@ -85,7 +100,7 @@ def time_config(config_file: str, iters: int, warmup: int, opts: list, images: i
 
 def _median(values: List[float]) -> float:
     values = sorted(values)
-    return values[len(values) // 2]
+    return values[len(values) // 2] if values else float("nan")
 
 
 def main() -> None:
@@ -94,20 +109,32 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--inference", type=int, default=0, help="also time N inference images")
-    p.add_argument("--rounds", type=int, default=1, choices=(1, 2))
+    p.add_argument("--rounds", type=int, default=1,
+                   help="times the configs in order, then in reverse, ... R times in all")
+    p.add_argument("--weights", action="append", default=[],
+                   help="a checkpoint; once per config, in the configs' order (inference timed on "
+                        "it; with --iters 0 only that)")
     p.add_argument("--out", default="benchmarks/results/iteration_speed.jsonl")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     a = p.parse_args()
+    if a.weights and len(a.weights) != len(a.configs):
+        p.error(f"--weights is needed once per config: {len(a.weights)} checkpoints for "
+                f"{len(a.configs)} configs")
+    if a.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {a.rounds}")
+    if a.iters <= 0 and not a.inference:
+        p.error("--iters 0 times nothing without --inference N")
+    weights = dict(zip(a.configs, a.weights))
     meta = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads"}
     print(f"command: {meta['command']}\nmachine: {meta['machine']}\ndate: {meta['date']}\n")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     runs = {c: [] for c in a.configs}
-    orders = [a.configs, list(reversed(a.configs))][:a.rounds]
-    for order in orders:
-        for c in order:
-            runs[c].append(time_config(c, a.iters, a.warmup, a.opts, a.inference))
+    for rnd in range(a.rounds):
+        for c in a.configs if rnd % 2 == 0 else list(reversed(a.configs)):
+            runs[c].append(time_config(c, a.iters, a.warmup, a.opts, a.inference,
+                                       weights.get(c, "")))
     base = None
     print("| config | s/iter (median) | s/iter (mean) | x first | inference ms/img (median) "
           "| x first | batch | params |\n|---|---|---|---|---|---|---|---|")
@@ -115,7 +142,8 @@ def main() -> None:
         train = [t for r in runs[c] for t in r["train_times"]]
         infer = [t for r in runs[c] for t in r.get("infer_times", [])]
         r = {"config": c, "sec_per_iter_median": _median(train),
-             "sec_per_iter_mean": sum(train) / len(train), "iters": len(train),
+             "sec_per_iter_mean": sum(train) / len(train) if train else float("nan"),
+             "iters": len(train), "weights": runs[c][0]["weights"],
              "infer_ms_per_image_median": _median(infer) * 1e3 if infer else None,
              "images": len(infer), "batch": runs[c][0]["batch"], "params": runs[c][0]["params"],
              **meta}
