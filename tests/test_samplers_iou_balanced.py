@@ -1,5 +1,6 @@
 """IoU-balanced sampling: equal counts per IoU bin when every bin has enough negatives, filled from
 the other bins when one lacks them; positives spread evenly over ground-truth boxes."""
+import pytest
 import torch
 from detectron2.config import get_cfg
 
@@ -81,3 +82,44 @@ def test_balanced_quotas_water_filling():
     assert balanced_quotas(torch.tensor([1, 2, 0]), 9).tolist() == [1, 2, 0]
     q = balanced_quotas(torch.tensor([5, 5, 5]), 4)
     assert sorted(q.tolist()) == [1, 1, 2]
+
+
+def test_one_bin_is_uniform_and_zero_bins_are_refused():
+    # K = 1: one bin over [0, 0.6), the negatives drawn uniformly, as Detectron2's
+    c = make([10, 10, 10])
+    idx = sampler(batch=12, bins=1)(c).indices
+    assert len(set(idx.tolist())) == 12 and bool((c.labels[idx] == K).all())
+    assert sampler(bins=1).iou_bins(torch.tensor([0.0, 0.3, 0.59])).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match=r"IOU_BALANCED.NUM_BINS must be >= 1, got 0"):
+        sampler(bins=0)
+
+
+def test_iou_bins_by_hand():
+    # K = 3 over [0, 0.6): floor(IoU / 0.6 * 3); an IoU at or above 0.6 (not a negative) would be
+    # clamped into the last bin, a negative one into the first
+    got = sampler(bins=3).iou_bins(torch.tensor([-0.1, 0.0, 0.19, 0.21, 0.45, 0.6, 0.9]))
+    assert got.tolist() == [0, 0, 0, 1, 2, 2, 2]
+
+
+def test_uniform_positives_skip_ignored_candidates():
+    # INSTANCE_BALANCED_POS False: positives drawn uniformly, more of them (12, of classes 0 and
+    # 1) than the quota (32 * 0.25 = 8); the candidates labelled -1 are neither positives nor
+    # negatives
+    labels = torch.tensor([0] * 6 + [1] * 6 + [-1] * 10 + [K] * 40)
+    ious = torch.cat([torch.full((12,), 0.8), torch.full((10,), 0.5),
+                      torch.rand(40, generator=torch.Generator().manual_seed(0)) * 0.6])
+    c = Candidates(labels, ious, torch.zeros(62, dtype=torch.long), K)
+    cfg = get_cfg()
+    imbalance.add_imbalance_config(cfg)
+    cfg.MODEL.ROI_HEADS.SAMPLER = "iou_balanced"
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_HEADS.IOU_BALANCED.INSTANCE_BALANCED_POS = False
+    seen = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        idx = build_roi_sampler(cfg)(c).indices.tolist()
+        pos, neg = idx[:8], idx[8:]
+        assert len(set(pos)) == 8 and set(pos) <= set(range(12))
+        assert len(neg) == 24 and set(neg) <= set(range(22, 62))
+        seen |= set(pos)
+    assert len(seen) > 8  # drawn at random, not the first 8

@@ -82,3 +82,17 @@ def test_ohem_cap_holds_when_positives_are_hardest(variant, expected_fg):
 def test_ohem_rejects_unknown_variant():
     with pytest.raises(ValueError, match="OHEM.VARIANT"):
         ohem(4, 0.7, "ssd")
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("paper", list(range(16))),  # the top 16 by total loss, all equal: the first 16 by index
+    ("mmdetection", list(range(4)) + list(range(100, 112))),  # 4 positives, 12 negatives
+])
+def test_ohem_equal_losses_keep_index_order(variant, expected):
+    # 100 positives and 100 negatives with the same losses (CPU's unstable sort reorders ties of
+    # this size): the lower index is kept first, on any device
+    labels = torch.tensor([1] * 100 + [K] * 100)
+    scores = torch.full((200, K + 1), 0.25)
+    c = Candidates(labels, torch.zeros(200), torch.zeros(200, dtype=torch.long), K,
+                   predictions=lambda: (scores, torch.ones(200), torch.zeros(200)))
+    assert ohem(16, 0.0, variant)(c).indices.tolist() == expected

@@ -23,6 +23,8 @@ from imbalance.samplers.pisa import (
     isr_p_weights,
     nms_groups,
     prime_sample_weights,
+    rank_in_groups,
+    two_step_order,
 )
 
 K = 2
@@ -43,6 +45,20 @@ def test_nms_groups_take_boxes_at_the_threshold():
                           [100, 100, 110, 110]])
     scores = torch.tensor([0.9, 0.3, 0.8, 0.6, 0.1])
     assert nms_groups(boxes, scores, 0.5).tolist() == [0, 3, 0, 3, 4]
+
+
+def test_nms_groups_box_overlapping_two_kept_boxes():
+    # mmcv's nms_match (mmcv/ops/csrc/pytorch/cpu/nms.cpp nms_match_cpu), by hand, threshold 0.5:
+    # by decreasing score, K1 (.9) is kept and takes X (.85, IoU(K1, X) = 70/130 = .54); K2 (.8)
+    # overlaps K1 at 50/150 = .33 only, so it is kept, although X overlaps it at 80/120 = .67: a
+    # box already taken neither takes others nor joins a second group, and X stays with the first
+    # kept box by score, not the one it overlaps most. K2 comes first by index.
+    K2, X, K1 = [5.0, 0, 15, 10], [3.0, 0, 13, 10], [0.0, 0, 10, 10]
+    got = nms_groups(torch.tensor([K2, X, K1]), torch.tensor([0.8, 0.85, 0.9]), 0.5)
+    assert got.tolist() == [0, 2, 2]
+    # with X below K2 in score the grouping is the same: K2 is not suppressed by X either way
+    got = nms_groups(torch.tensor([K2, X, K1]), torch.tensor([0.8, 0.5, 0.9]), 0.5)
+    assert got.tolist() == [0, 2, 2]
 
 
 def pisa_cfg(batch=8):
@@ -152,41 +168,54 @@ def test_pisa_predictor_isr_p_and_carl_by_hand():
     A, B, C = [0.0, 0, 10, 10], [20.0, 20, 40, 40], [50.0, 0, 60, 20]
     D = [0.0, 0, 10, 10]  # same box as A, in the other image: another object
     # image 0: p0 on A regressed 5 px right (IoU 1/3 though its proposal has IoU 1), p1 on A
-    # (IoU 9/11), p2 on B (IoU 1), p3 on C (class 1); negatives n0, n1 with ISR-N weights
-    img0 = instances([A, [1.0, 0, 11, 10], B, C, [0.0, 30, 8, 38], [30.0, 0, 38, 8]],
-                     [A, A, B, C, A, A], [0, 0, 0, 1, K, K], [1.0, 1.0, 1.0, 1.0, 0.7, 1.3])
+    # (IoU 9/11), p2 on B (IoU 1), p3 on C (class 1), p5 on C too (class 1, IoU 18/20: the second
+    # positive of class 1, so that its rank within the class (1) differs from its rank among all
+    # positives (4) and a per-class N_max (2) differs from the batch's (4)); negatives n0, n1
+    # with ISR-N weights
+    img0 = instances([A, [1.0, 0, 11, 10], B, C, [50.0, 0, 60, 18], [0.0, 30, 8, 38],
+                      [30.0, 0, 38, 8]],
+                     [A, A, B, C, C, A, A], [0, 0, 0, 1, 1, K, K],
+                     [1.0, 1.0, 1.0, 1.0, 1.0, 0.7, 1.3])
     # image 1: p4 on D regressed 2 px right (IoU 2/3); one negative
     img1 = instances([D, [40.0, 40, 50, 50]], [D, D], [0, K], [1.0, 1.0])
     logits = torch.tensor([[2.0, 0.5, 0.1], [1.0, 0.2, 0.3], [0.3, 0.1, 0.2], [0.0, 1.5, 0.5],
-                           [0.2, 0.3, 1.0], [1.2, 0.1, 0.4], [0.5, 0.5, 0.5], [0.1, 0.6, 0.9]],
-                          requires_grad=True)
-    deltas = torch.zeros(8, 4 * K)
+                           [0.4, 0.9, 0.2], [0.2, 0.3, 1.0], [1.2, 0.1, 0.4], [0.5, 0.5, 0.5],
+                           [0.1, 0.6, 0.9]], requires_grad=True)
+    deltas = torch.zeros(9, 4 * K)
     deltas[0, 0] = 5.0  # dx * 10 = 5 px / width 10 * 10
-    deltas[6, 0] = 2.0
+    deltas[7, 0] = 2.0
     predictor = pisa_predictor()
     with EventStorage():
         losses = predictor.losses((logits, deltas), [img0, img1])
 
     rows = [log_softmax(r) for r in logits.tolist()]
-    gt = [0, 0, 0, 1, K, K, 0, K]
+    gt = [0, 0, 0, 1, 1, K, K, 0, K]
     ce = [-rows[i][g] for i, g in enumerate(gt)]
-    # IoU-HLR of class 0 (N_max = 4): rank-0 of each object by IoU: p2 (1), p1 (9/11), p4 (2/3);
-    # then rank 1: p0 (1/3). Class 1: p3 rank 0. Eq. 6 with gamma 2, beta 0
-    pos, ranks = [0, 1, 2, 3, 6], [3, 1, 0, 0, 2]
+    # IoU-HLR of class 0: rank-0 of each object by IoU: p2 (1), p1 (9/11), p4 (2/3); then rank 1:
+    # p0 (1/3). Class 1: p3 (1) rank 0, p5 (0.9, second on C) rank 1. N_max = the largest class
+    # count, 4 (isr_p's max_l_num), for both classes. Eq. 6 with gamma 2, beta 0
+    pos, ranks = [0, 1, 2, 3, 4, 7], [3, 1, 0, 0, 1, 2]
     w = [((4 - r) / 4) ** 2 for r in ranks]
     ratio = sum(ce[i] for i in pos) / sum(wi * ce[i] for wi, i in zip(w, pos))
     weights = {i: wi * ratio for wi, i in zip(w, pos)}
-    weights.update({4: 0.7, 5: 1.3, 7: 1.0})
-    R = 8
+    weights.update({5: 0.7, 6: 1.3, 8: 1.0})
+    R = 9
     assert losses["loss_cls"].item() == pytest.approx(
         sum(weights[i] * ce[i] for i in range(R)) / R, rel=1e-5)
     # the renormalised positive weights keep the positives' classification total
     assert sum(weights[i] * ce[i] for i in pos) == pytest.approx(sum(ce[i] for i in pos))
-    # box loss unweighted, L1 of the deltas: p0 |5 - 0|, p1 |0 - (-1)| (target dx of [1,0,11,10]
-    # to A), p4 |2 - 0|
-    box = {0: 5.0, 1: 1.0, 2: 0.0, 3: 0.0, 6: 2.0}
+    # so the loss value cannot tell the positives' weights apart; its gradient can: the weights
+    # are constants, d loss_cls / d logits_i = w_i / R * (softmax_i - onehot(gt_i))
+    grad = torch.autograd.grad(losses["loss_cls"], logits, retain_graph=True)[0]
+    for i in range(R):
+        expected = [weights[i] / R * (math.exp(rows[i][c]) - (c == gt[i])) for c in range(K + 1)]
+        assert grad[i].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7), i
+    # box loss unweighted, L1 of the deltas (weights 10, 10, 5, 5): p0 |5 - 0|, p1 |0 - (-1)|
+    # (target dx of [1,0,11,10] to A), p4 |2 - 0|, p5 |0 - dy| + |0 - dh| with dy = 10 * 1/18
+    # (centres 9 and 10, height 18) and dh = 5 ln(20/18)
+    box = {0: 5.0, 1: 1.0, 2: 0.0, 3: 0.0, 4: 10 / 18 + 5 * math.log(20 / 18), 7: 2.0}
     assert losses["loss_box_reg"].item() == pytest.approx(sum(box.values()) / R, rel=1e-5)
-    # CARL: c_i = 0.2 + 0.8 p_i (k = 1), scaled to sum to the 5 positives
+    # CARL: c_i = 0.2 + 0.8 p_i (k = 1), scaled to sum to the 6 positives
     c = {i: 0.2 + 0.8 * math.exp(rows[i][gt[i]]) for i in pos}
     scale = len(pos) / sum(c.values())
     assert losses["loss_carl"].item() == pytest.approx(
@@ -299,3 +328,59 @@ def test_pisa_sampler_one_negative_wanted():
     sampled = build_roi_sampler(cfg)(candidates)
     assert sampled.indices[2:].tolist() == [3]
     assert sampled.weights.tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_prime_sample_weights_single_rank():
+    # N_max 1: the only rank, 0, has r_bar = 1 and weight 1 whatever gamma and beta
+    got = prime_sample_weights(torch.tensor([0]), 1, gamma=0.5, beta=0.0)
+    assert got.tolist() == [1.0]
+    # Eq. 5 before renormalisation, gamma 1, beta 0: r_bar = (5 - r) / 5
+    got = prime_sample_weights(torch.tensor([0, 2, 4]), 5, gamma=1.0, beta=0.0)
+    assert got.tolist() == pytest.approx([1.0, 0.6, 0.2])
+
+
+def test_two_step_order_equal_values_keep_index_order():
+    # 100 equal values (CPU's unstable sort reorders ties from about 20 elements on), each its own
+    # group: all have local rank 0, and ties keep their index order, on any device
+    n = 100
+    assert two_step_order(torch.full((n,), 0.5), torch.arange(n)).tolist() == list(range(n))
+    # one group, priority order given: the ranks are the positions in that order, ties in the
+    # group ids (all equal) notwithstanding
+    order = torch.arange(n).flip(0)
+    assert rank_in_groups(order, torch.zeros(n, dtype=torch.long)).tolist() == list(
+        range(n - 1, -1, -1))
+
+
+def test_ranking_stays_on_the_device_of_its_inputs():
+    # "meta" stands in for CUDA: a tensor made on the CPU inside would fail to mix with them
+    values = torch.rand(6, device="meta")
+    groups = torch.zeros(6, dtype=torch.long, device="meta")
+    assert two_step_order(values, groups).device.type == "meta"
+    assert rank_in_groups(torch.arange(6, device="meta"), groups).device.type == "meta"
+
+
+def test_pisa_sampler_one_ranked_negative_then_random_ones():
+    # only n0 scores above 0.05 (n1-n3 ignored): it comes first, then 3 of the unranked ones at
+    # random; N_max = max(4 wanted, 1 ranked) = 4, and every rank is clamped to the last ranked
+    # one (0), so all weights are 1
+    for seed in range(3):
+        candidates, _ = hand_batch()
+        candidates.labels[4:7] = -1
+        torch.manual_seed(seed)
+        sampled = build_roi_sampler(pisa_cfg())(candidates)
+        neg = sampled.indices[2:].tolist()
+        assert neg[0] == 3 and sorted(neg[1:]) == [7, 8, 9]
+        assert sampled.weights.tolist() == [1.0] * 6
+
+
+def test_pisa_sampler_without_room_for_negatives_skips_the_head():
+    # 3 positives, batch 2 at fraction 1: no negative wanted, the head is not evaluated
+    candidates, calls = hand_batch()
+    cfg = pisa_cfg(batch=2)
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 1.0
+    sampler = build_roi_sampler(cfg)
+    assert len(sampler.head_candidates(candidates)) == 0
+    sampled = sampler(candidates)
+    assert len(sampled.indices) == 2 and calls == []
+    # with room, head_candidates names exactly the negatives (not the ignored candidate 10)
+    assert build_roi_sampler(pisa_cfg()).head_candidates(candidates).tolist() == list(range(3, 10))

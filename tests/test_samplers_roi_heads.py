@@ -194,6 +194,22 @@ def test_cascade_with_random_equals_detectron2_cascade():
     assert ours_total == d2_per_image * 2
 
 
+@pytest.mark.parametrize("name", ["SamplingCascadeROIHeads", "SamplingStandardROIHeads"])
+@pytest.mark.parametrize("key", ["USE_SIGMOID_CE", "USE_FED_LOSS"])
+def test_sampling_heads_refuse_main_classification_keys(name, key):
+    # Detectron2 main's sigmoid / federated classification (keys absent in v0.6, set by hand):
+    # the sampling heads classify (and OHEM, PISA score candidates) with the softmax, so the
+    # default predictor is refused too, naming the key and the head
+    cfg = head_cfg(name)
+    assert cfg.MODEL.ROI_BOX_HEAD.PREDICTOR == "FastRCNNOutputLayers"
+    setattr(cfg.MODEL.ROI_BOX_HEAD, key, True)
+    with pytest.raises(ValueError, match=f"MODEL.ROI_BOX_HEAD.{key}=True is not supported by "
+                                         f"{name}: it classifies with the softmax"):
+        build(cfg)
+    setattr(cfg.MODEL.ROI_BOX_HEAD, key, False)
+    assert type(build(cfg)).__name__ == name
+
+
 def test_cascade_pisa_uses_stage0_modules_and_pisa_predictors():
     features, proposals, targets = batch()
     cfg = head_cfg("SamplingCascadeROIHeads", "pisa")

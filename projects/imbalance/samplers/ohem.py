@@ -24,7 +24,9 @@ class OHEMSampler(RoISampler):
       ``POSITIVE_FRACTION * BATCH_SIZE_PER_IMAGE`` positives and the rest negatives, but each
       part the hardest by classification loss (``loss_cls``) instead of at random; no NMS.
 
-    Candidates labelled -1 (ignored by the matcher) are never kept. Foreground comes first.
+    Candidates labelled -1 (ignored by the matcher) are never kept. Foreground comes first. Of
+    equal losses the lower index is kept first (stable sorts; the "paper" variant's NMS orders
+    ties as torchvision's does).
     """
 
     needs_predictions = True

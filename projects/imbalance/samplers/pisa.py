@@ -21,9 +21,14 @@ important) to a weight (Oksuz et al., review Eqs. 5-6):
 - **ISR-P** (the predictor, :func:`isr_p_weights`): after the head's forward, each positive's
   *regressed* box is compared with its ground truth; positives are ranked by IoU within their
   ground truth, then within their class all local-rank-0 ones by IoU, then all rank-1 ones, ...
-  (IoU-HLR, :func:`hierarchical_local_rank`), over the batch, with ``N_max`` the largest number
-  of positives of one class; their classification loss is weighted by Eq. 6 (gamma 2, beta 0) and
-  renormalised so its total is unchanged. The box loss is not weighted.
+  (IoU-HLR, :func:`hierarchical_local_rank`), with ``N_max`` the largest number of positives of
+  one class; their classification loss is weighted by Eq. 6 (gamma 2, beta 0) and renormalised so
+  its total is unchanged. The box loss is not weighted. The ranks, ``N_max`` and the
+  renormalisation are over all images of one process's batch (the predictor's ``losses`` sees
+  them together), as mmdetection's ``isr_p`` works over one GPU's batch (``PISARoIHead`` passes it
+  the RoIs of all images of the GPU): with several processes each ranks its own images only, so
+  the weights depend on the images per process (``SOLVER.IMS_PER_BATCH`` / number of GPUs), as
+  in the authors' code, not on the total batch.
 - **CARL** (:func:`carl_loss`): a second regression term, each positive's box loss times
   ``c_i = ((1 - b) * p_i + b) ** k`` of its class score ``p_i`` (k 1, b 0.2), the ``c_i``
   normalised to mean 1, with the gradient flowing into the score.
@@ -67,7 +72,8 @@ def rank_in_groups(order: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 def two_step_order(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """PISA's two-step ranking: local rank by ``values`` (descending) within each group, then all
-    local-rank-0 elements by value, then all local-rank-1 elements, ... Returns that order."""
+    local-rank-0 elements by value, then all local-rank-1 elements, ... Returns that order.
+    Equal values keep their index order (stable sorts), so every device ranks ties alike."""
     by_value = torch.sort(values, descending=True, stable=True).indices
     local = rank_in_groups(by_value, groups)
     return by_value[torch.sort(local[by_value], stable=True).indices]
@@ -118,12 +124,11 @@ def nms_groups(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> 
     # torchvision suppresses IoU > t; nms_match suppresses IoU >= t: the float32 just below t
     below = torch.nextafter(torch.tensor(iou_thresh, dtype=torch.float32),
                             torch.tensor(-1.0)).item()
-    keep = nms(boxes, scores.float(), below)  # kept boxes, by decreasing score
-    order = torch.sort(scores, descending=True, stable=True).indices
-    position = torch.empty_like(order)
-    position[order] = torch.arange(len(order), device=order.device)
-    # a suppressed box belongs to the first kept box (by score) before it that overlaps it
-    takes = (box_iou(boxes[keep], boxes) > below) & (position[keep][:, None] < position[None, :])
+    keep = nms(boxes, scores.float(), below)  # kept boxes, in NMS's order (decreasing score)
+    # A suppressed box belongs to the first kept box, in that order, that overlaps it and scores
+    # at least as high: that is the box that suppressed it (an earlier such box would have, and
+    # it did not keep it), whatever order NMS gave to equal scores.
+    takes = (box_iou(boxes[keep], boxes) > below) & (scores[keep][:, None] >= scores[None, :])
     first = takes.int().argmax(dim=0)
     group = torch.where(takes.any(dim=0), keep[first], torch.arange(len(boxes),
                                                                     device=boxes.device))
@@ -216,7 +221,8 @@ register_alias("pisa", "PISASampler")
 def isr_p_weights(ious: torch.Tensor, instances: torch.Tensor, classes: torch.Tensor,
                   ce: torch.Tensor, gamma: float, beta: float,
                   prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """ISR-P (isr_p): the classification weights of the batch's positives.
+    """ISR-P (isr_p): the classification weights of the batch's positives (all images of one
+    process, as isr_p's over one GPU's batch; see the module docstring).
 
     Args:
         ious: (P,) IoU of each positive's regressed box with its ground truth.

@@ -17,7 +17,11 @@ from torch import nn
 
 from ..diagnostics import log_sampling_stats
 from ..losses.fast_rcnn import fast_rcnn_per_roi_losses
-from d2infra.modeling.box_predictor import PredictorFromConfigMixin, build_box_predictor
+from d2infra.modeling.box_predictor import (
+    PredictorFromConfigMixin,
+    SoftmaxClassificationMixin,
+    build_box_predictor,
+)
 from .base import Candidates, RoISampler, build_roi_sampler
 
 logger = logging.getLogger(__name__)
@@ -283,7 +287,7 @@ class SamplingStandardROIHeads(RoISamplingMixin, PredictorFromConfigMixin, Stand
 
 
 @ROI_HEADS_REGISTRY.register()
-class SamplingCascadeROIHeads(RoISamplingMixin, CascadeROIHeads):
+class SamplingCascadeROIHeads(RoISamplingMixin, SoftmaxClassificationMixin, CascadeROIHeads):
     """Detectron2's ``CascadeROIHeads`` with the sampler registry at its first stage.
 
     Redefines:
@@ -297,7 +301,11 @@ class SamplingCascadeROIHeads(RoISamplingMixin, CascadeROIHeads):
       each stage's predictor is rebuilt by it (with the stage's box transform), so a weighted
       predictor can apply a sampler's weights.
 
-    With the ``random`` sampler the training is Detectron2's.
+    With the ``random`` sampler the training is Detectron2's. Like every sampling head, it refuses
+    Detectron2 main's ``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE`` and ``USE_FED_LOSS``, also with the
+    default predictor (:class:`d2infra.modeling.box_predictor.SoftmaxClassificationMixin`): the
+    samplers that evaluate candidates (OHEM, PISA) score them with the softmax over K + 1 classes,
+    and ``SamplingStandardROIHeads`` refuses them too.
     """
 
     @classmethod
