@@ -171,8 +171,49 @@ def test_imbalance_retinanet_ghm_step(config):
         assert "imbalance/anchors/fg_bg_ratio" in storage.latest()
     assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
     assert torch.isfinite(losses["loss_box_reg"]) and losses["loss_box_reg"] > 0
-    # GHM's moving averages are not part of the checkpoint: it loads into Detectron2's RetinaNet
-    assert not any("ghm" in k for k in model.state_dict())
+    # the authors' per-level counting by default; the moving averages are in the checkpoint
+    assert model.ghmc_per_level and model.ghmr_per_level
+    assert "ghmc.acc_counts" in model.state_dict()
+    assert "ghmc.inner_edges" not in model.state_dict()  # derived from BINS
+
+
+def test_ghm_moving_averages_survive_a_checkpoint(tmp_path):
+    # a run saved after one step and resumed continues as the uninterrupted run: the same
+    # moving averages, the same second-step losses
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    cfg = retinanet_cfg("retinanet_ghm_smallR_FPN_shapes.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    with EventStorage():
+        model(inputs())
+    assert float(model.ghmc.acc_counts.sum()) > 0 and float(model.ghmr.acc_counts.sum()) > 0
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("step1")
+    torch.manual_seed(1)
+    resumed = build_model(cfg)
+    resumed.train()
+    DetectionCheckpointer(resumed).load(str(tmp_path / "step1.pth"))
+    for name in ("ghmc", "ghmr"):
+        assert torch.equal(getattr(resumed, name).acc_counts, getattr(model, name).acc_counts)
+    with EventStorage():
+        a, b = model(inputs()), resumed(inputs())
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ghm_checkpoint_without_moving_averages_loads_with_zeros():
+    # a checkpoint saved while the moving averages were not persistent has no acc_counts: it
+    # loads strictly, the averages start from zero, and no key is reported missing
+    torch.manual_seed(0)
+    model = build_model(retinanet_cfg("retinanet_ghm_smallR_FPN_shapes.yaml"))
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("acc_counts")}
+    model.ghmc.acc_counts.fill_(3.0)
+    fresh = build_model(retinanet_cfg("retinanet_ghm_smallR_FPN_shapes.yaml"))
+    result = fresh.load_state_dict(old, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert float(fresh.ghmc.acc_counts.abs().sum()) == 0.0
+    assert float(fresh.ghmr.acc_counts.abs().sum()) == 0.0
 
 
 def reference_ghm(levels, bins, momentum, edges_last):
@@ -196,11 +237,14 @@ def reference_ghm(levels, bins, momentum, edges_last):
     return total
 
 
-@pytest.mark.parametrize("per_level", [False, True])
+@pytest.mark.parametrize("per_level", [False, True, None])
 def test_imbalance_retinanet_ghm_losses_per_level_option(per_level):
-    cfg = retinanet_cfg(**{"MODEL.RETINANET.BBOX_LOSS": "ghmr",
-                           "MODEL.RETINANET.GHMC.PER_LEVEL": per_level,
-                           "MODEL.RETINANET.GHMR.PER_LEVEL": per_level})
+    # None: the default, the authors' per-level counting
+    opts = {"MODEL.RETINANET.BBOX_LOSS": "ghmr"}
+    if per_level is not None:
+        opts.update({"MODEL.RETINANET.GHMC.PER_LEVEL": per_level,
+                     "MODEL.RETINANET.GHMR.PER_LEVEL": per_level})
+    cfg = retinanet_cfg(**opts)
     torch.manual_seed(0)
     model = build_model(cfg)
     K = model.num_classes
@@ -222,7 +266,7 @@ def test_imbalance_retinanet_ghm_losses_per_level_option(per_level):
     # over the positive anchors' 4 deltas, level by level or all at once
     all_anchors = torch.cat([a.tensor for a in anchors])
     cls_levels, reg_levels = [], []
-    bounds = [(0, 6), (6, 9)] if per_level else [(0, 9)]
+    bounds = [(0, 6), (6, 9)] if per_level in (True, None) else [(0, 9)]
     for lo, hi in bounds:
         ce, gc, asl, gr = [], [], [], []
         for i in range(2):

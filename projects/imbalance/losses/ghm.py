@@ -25,9 +25,22 @@ and, with momentum ``alpha``, ``R_j`` replaced by an exponential moving average 
   times those of the plain counts;
 - the bins are the edges ``j / M`` (the last one widened to take ``g = 1``; GHM-R's to ``1e3``).
 
-The moving averages are non-persistent buffers: a checkpoint of a model trained with GHM still
-loads into Detectron2's ``RetinaNet``; resumed training restarts them from zero, as a fresh run
-of the authors' code does.
+**Per FPN level** (``MODEL.RETINANET.GHMC.PER_LEVEL`` / ``GHMR.PER_LEVEL``, default True as in
+the authors' code): the authors' RetinaNet head computes its losses one FPN level at a time
+(GHM_Detection ``retina_head.py``: ``multi_apply(self.loss_single, ...)`` over the levels, each
+call on that level's anchors of all images of the GPU; mmdetection's ``AnchorHead.loss`` alike)
+and sums them, with one GHM object for the head. So the counts ``R_j`` and ``n`` are those of one
+level, and the single moving average ``S`` is updated once per level, in level order (P3, P4, ...,
+P7), each level's weights using ``S`` right after its own update: a level's density mixes its
+counts with the levels before it and with the previous iterations. ``PER_LEVEL: False`` counts
+over all anchors of the batch at once, one update per iteration, as the paper's formula reads.
+
+The moving averages ``S`` are persistent buffers (``ghmc.acc_counts``, ``ghmr.acc_counts`` in the
+checkpoint, as mmdetection registers its ``acc_sum``), so ``--resume`` continues them. A
+checkpoint from before they were saved loads with them at their initial zeros, without a
+missing-key warning. Each process keeps its own (``broadcast_buffers=False``, as each GPU of the
+authors' code has its own); a checkpoint holds the main process's, which every process resumes
+from. A GHM checkpoint loads into Detectron2's ``RetinaNet`` with these keys reported unused.
 """
 import torch
 import torch.nn.functional as F
@@ -50,8 +63,18 @@ class _GradientDensity(nn.Module):
         # element with edge_j <= g < edge_{j+1} is in bin j; the outer edges are open.
         self.register_buffer("inner_edges", torch.arange(1, self.bins).float() / self.bins,
                              persistent=False)
-        # S_j: moving average of the number of elements per bin, from zero.
-        self.register_buffer("acc_counts", torch.zeros(self.bins), persistent=False)
+        # S_j: moving average of the number of elements per bin, from zero; saved in checkpoints.
+        self.register_buffer("acc_counts", torch.zeros(self.bins))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """A state dict without ``acc_counts`` (saved before it was persistent) keeps ``S`` as it
+        is (zeros in a new model) instead of reporting the key missing."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "acc_counts"
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
 
     def bin_index(self, g: torch.Tensor) -> torch.Tensor:
         """``ind(g)``: the bin [j/M, (j+1)/M) of each gradient norm (g >= 1 in the last)."""

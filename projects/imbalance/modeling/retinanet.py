@@ -32,26 +32,29 @@ class DenseImbalanceMixin:
     "ghmc" replaces ``loss_cls`` by GHM-C over the same valid anchors and one-hot targets; "ghmr"
     replaces ``loss_box_reg`` by GHM-R over the 4 deltas of the positive anchors (targets from
     RetinaNet's ``box2box_transform``). GHM normalises itself (:mod:`imbalance.losses.ghm`), so
-    RetinaNet's EMA of the positive count is not applied to it. With ``GHMC.PER_LEVEL`` (or
-    ``GHMR.PER_LEVEL``) the density is counted per FPN level and the levels' losses summed, as
-    the authors' code does (its RetinaNet head computes the loss level by level, one GHM object
-    and moving average for all levels: GHM_Detection ``retina_head.py`` ``loss_single``); by
-    default it is counted over all anchors of the batch at once, as the paper describes. Either
-    way, logs the positive:negative anchor ratio and the positives' IoU histogram under
+    RetinaNet's EMA of the positive count is not applied to it. By default
+    (``GHMC.PER_LEVEL`` / ``GHMR.PER_LEVEL`` True) the density is counted per FPN level, over
+    that level's anchors of all images, and the levels' losses are summed, as the authors' code
+    does: its RetinaNet head computes the loss level by level with one GHM object, so one moving
+    average is updated once per level, in level order (GHM_Detection ``retina_head.py``
+    ``loss_single``; :mod:`imbalance.losses.ghm`). ``PER_LEVEL: False`` counts it over all
+    anchors of the batch at once, as the paper's formula reads. Either way, logs the
+    positive:negative anchor ratio and the positives' IoU histogram under
     ``imbalance/anchors/`` (:func:`imbalance.diagnostics.log_anchor_stats`).
     """
 
     @configurable
     def __init__(self, *, cls_loss: str = "focal", ghmc: Optional[GHMCLoss] = None,
-                 ghmc_per_level: bool = False, bbox_loss: str = "retinanet",
-                 ghmr: Optional[GHMRLoss] = None, ghmr_per_level: bool = False, **kwargs):
+                 ghmc_per_level: bool = True, bbox_loss: str = "retinanet",
+                 ghmr: Optional[GHMRLoss] = None, ghmr_per_level: bool = True, **kwargs):
         """
         Args:
             cls_loss: "focal" or "ghmc" (then ``ghmc`` is the loss, default ``GHMCLoss()``).
-            ghmc_per_level: count GHM-C's density per FPN level.
+            ghmc_per_level: count GHM-C's density per FPN level (the authors' code), else over
+                all anchors at once (the paper's formula).
             bbox_loss: "retinanet" (RetinaNet's ``box_reg_loss_type``) or "ghmr" (then ``ghmr``
                 is the loss, default ``GHMRLoss()``).
-            ghmr_per_level: count GHM-R's density per FPN level.
+            ghmr_per_level: the same for GHM-R.
             kwargs: the arguments of the RetinaNet class mixed with.
         """
         super().__init__(**kwargs)

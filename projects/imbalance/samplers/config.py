@@ -60,9 +60,10 @@ def add_sampler_config(cfg: CN) -> None:
     cfg.MODEL.RETINANET.GHMC.BINS = 30
     # alpha, momentum of the moving average of the bin counts (paper: 0.75; 0 = this batch only).
     cfg.MODEL.RETINANET.GHMC.MOMENTUM = 0.75
-    # Count the gradient density per FPN level and sum the levels' losses (the authors' code);
-    # False counts it over all anchors of the batch (the paper's formula).
-    cfg.MODEL.RETINANET.GHMC.PER_LEVEL = False
+    # Count the gradient density per FPN level, one moving average updated level after level,
+    # and sum the levels' losses (the authors' code: a loss call per level); False counts it over
+    # all anchors of the batch at once (the paper's formula).
+    cfg.MODEL.RETINANET.GHMC.PER_LEVEL = True
     # Box loss of ImbalanceRetinaNet: "retinanet" (Detectron2's, MODEL.RETINANET.BBOX_REG_LOSS_TYPE)
     # or "ghmr" (GHM-R, Li et al.).
     cfg.MODEL.RETINANET.BBOX_LOSS = "retinanet"
@@ -77,4 +78,4 @@ def add_sampler_config(cfg: CN) -> None:
     # Factor of the GHM-R loss (authors: 10).
     cfg.MODEL.RETINANET.GHMR.LOSS_WEIGHT = 10.0
     # As GHMC.PER_LEVEL, for GHM-R.
-    cfg.MODEL.RETINANET.GHMR.PER_LEVEL = False
+    cfg.MODEL.RETINANET.GHMR.PER_LEVEL = True
