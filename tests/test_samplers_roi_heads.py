@@ -4,6 +4,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
+from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers, build_roi_heads
 from detectron2.structures import Boxes, Instances, pairwise_iou
@@ -11,6 +12,7 @@ from detectron2.utils.events import EventStorage
 
 import imbalance
 from imbalance.samplers import SamplingCascadeROIHeads, SamplingStandardROIHeads
+from imbalance.samplers.roi_heads import _cached_head
 
 K = 3
 SHAPES = {"p2": ShapeSpec(channels=8, stride=4), "p3": ShapeSpec(channels=8, stride=8)}
@@ -208,6 +210,55 @@ def test_sampling_heads_refuse_main_classification_keys(name, key):
         build(cfg)
     setattr(cfg.MODEL.ROI_BOX_HEAD, key, False)
     assert type(build(cfg)).__name__ == name
+
+
+def test_cascade_with_default_predictor_is_initialised_as_detectron2():
+    # under one seed, the same weights as CascadeROIHeads without copying them
+    ours, theirs = build(head_cfg("SamplingCascadeROIHeads")), build(head_cfg("CascadeROIHeads"))
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cascade_weighted_predictors_keep_each_stage_box_transform():
+    # a predictor rebuilt by MODEL.ROI_BOX_HEAD.PREDICTOR keeps its stage's box-delta weights
+    # (Cascade R-CNN's (10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)), not the head's default
+    cfg = head_cfg("SamplingCascadeROIHeads")
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "WeightedFastRCNNOutputLayers"
+    head = build(cfg)
+    assert [p.box2box_transform.weights for p in head.box_predictor] == [
+        tuple(w) for w in cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS]
+    assert [tuple(w) for w in cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS][1] == (
+        20.0, 20.0, 10.0, 10.0)
+
+
+def test_cascade_stage0_sampling_takes_the_given_matcher_and_append_gt():
+    # a matcher at IoU 0.99 and no ground truth appended: no proposal of batch() comes that close
+    # to a ground-truth box, so every sampled RoI is background; with the head's own matcher
+    # (0.5) or the ground truth appended (IoU 1), some would be foreground
+    _, proposals, targets = batch()
+    head = build(head_cfg("SamplingCascadeROIHeads"))
+    strict = Matcher([0.99], [0, 1], allow_low_quality_matches=False)
+    with EventStorage():
+        sampled = head.label_and_sample_proposals(proposals, targets, matcher=strict,
+                                                  append_gt=False)
+        default = head.label_and_sample_proposals(proposals, targets)
+    assert all(bool((p.gt_classes == K).all()) for p in sampled)
+    assert sum(len(p) for p in sampled) == 32  # 16 per image, all background
+    assert any(bool((p.gt_classes < K).any()) for p in default)
+
+
+def test_cached_head_answers_its_candidates_and_passes_others_on():
+    cached, logits, boxes = torch.tensor([4, 1]), torch.ones(2, 3), torch.zeros(2, 4)
+    asked = []
+
+    def fallback(indices):
+        asked.append(indices.tolist())
+        return "own pass"
+
+    got = _cached_head(cached, logits, boxes, fallback, torch.tensor([4, 1]))
+    assert got[0] is logits and got[1] is boxes
+    assert _cached_head(cached, logits, boxes, fallback, torch.tensor([1, 4])) == "own pass"
+    assert asked == [[1, 4]]
 
 
 def test_cascade_pisa_uses_stage0_modules_and_pisa_predictors():
