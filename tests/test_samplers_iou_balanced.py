@@ -6,7 +6,7 @@ from detectron2.config import get_cfg
 
 import imbalance
 from imbalance.samplers import Candidates, build_roi_sampler
-from imbalance.samplers.iou_balanced import balanced_quotas
+from imbalance.samplers.iou_balanced import balanced_draw, balanced_quotas
 
 K = 2
 
@@ -123,3 +123,14 @@ def test_uniform_positives_skip_ignored_candidates():
         assert len(neg) == 24 and set(neg) <= set(range(22, 62))
         seen |= set(pos)
     assert len(seen) > 8  # drawn at random, not the first 8
+
+
+def test_balanced_draw_edges():
+    assert balanced_draw(torch.tensor([5]), torch.tensor([0]), 1).tolist() == [5]
+    assert balanced_draw(torch.tensor([5, 6]), torch.tensor([0, 1]), 0).tolist() == []
+    # 2 draws from 3 equal groups: 2 groups get one each, the third none, wherever it is
+    indices, groups = torch.arange(10, 19), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got = balanced_draw(indices, groups, 2)
+        assert len(got) == 2 and len(set(groups[got - 10].tolist())) == 2

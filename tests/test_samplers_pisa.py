@@ -19,11 +19,13 @@ from imbalance.modeling.weighted_fast_rcnn import (
 )
 from imbalance.samplers import Candidates, build_roi_sampler
 from imbalance.samplers.pisa import (
+    carl_loss,
     hierarchical_local_rank,
     isr_p_weights,
     nms_groups,
     prime_sample_weights,
     rank_in_groups,
+    renormalised,
     two_step_order,
 )
 
@@ -384,3 +386,58 @@ def test_pisa_sampler_without_room_for_negatives_skips_the_head():
     assert len(sampled.indices) == 2 and calls == []
     # with room, head_candidates names exactly the negatives (not the ignored candidate 10)
     assert build_roi_sampler(pisa_cfg()).head_candidates(candidates).tolist() == list(range(3, 10))
+
+
+def test_nms_groups_edges_and_equal_scores():
+    assert nms_groups(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.3]), 0.5).tolist() == [0]
+    empty = nms_groups(torch.zeros(0, 4), torch.zeros(0), 0.5)
+    assert empty.dtype == torch.long and empty.shape == (0,)
+    # 60 pairs of boxes at IoU 9/11, every score equal: each pair is one group, headed by one of
+    # its two boxes, whichever of the pair the NMS keeps
+    boxes = torch.tensor([[20.0 * i + s, 0, 20 * i + s + 10, 10] for i in range(60) for s in (0, 1)])
+    got = nms_groups(boxes, torch.full((120,), 0.5), 0.5).view(60, 2)
+    pairs = torch.arange(120).view(60, 2)
+    assert bool((got[:, 0] == got[:, 1]).all())
+    assert bool(((got[:, 0] == pairs[:, 0]) | (got[:, 0] == pairs[:, 1])).all())
+
+
+def test_pisa_sampler_head_candidates_are_the_negatives_it_will_rank():
+    # the negatives 3-9 when any negative is wanted, none otherwise (the batched head pass)
+    def wanted(batch, fraction, labels=None):
+        candidates, _ = hand_batch()
+        if labels is not None:
+            candidates.labels[:3] = labels
+        cfg = pisa_cfg(batch=batch)
+        cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = fraction
+        return build_roi_sampler(cfg).head_candidates(candidates).tolist()
+
+    negatives = list(range(3, 10))
+    assert wanted(2, 1.0) == []  # 3 positives fill the 2
+    assert wanted(2, 0.5) == negatives  # at most 1 positive: 1 negative wanted
+    assert wanted(2, 1.0, labels=-1) == negatives  # no positive (all three ignored)
+
+
+def test_isr_p_weights_without_positives():
+    empty = torch.zeros(0)
+    got = isr_p_weights(empty, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                        empty, 2.0, 0.0)
+    assert got.shape == (0,)
+
+
+def test_renormalised_by_hand():
+    # total 1 * 0.2 + 0.5 * 0.4 = 0.4 -> 0.6: ratio 1.5; with a prior (2, 1): 0.8 / 0.4 = 2
+    w, ce = torch.tensor([1.0, 0.5]), torch.tensor([0.2, 0.4])
+    assert renormalised(w, ce).tolist() == pytest.approx([1.5, 0.75])
+    assert renormalised(w, ce, prior=torch.tensor([2.0, 1.0])).tolist() == pytest.approx([2.0, 1.0])
+    # all losses zero: nothing to keep, the weights as they are
+    assert renormalised(w, torch.zeros(2)).tolist() == [1.0, 0.5]
+
+
+def test_carl_loss_by_hand():
+    # k 2, b 0.2: c = (0.2 + 0.8 p)^2 = 0.36, 1 for p = 0.5, 1; scaled to sum 2: 2 / 1.36 each
+    got = carl_loss(torch.tensor([0.5, 1.0]), torch.tensor([3.0, 1.0]), 2, k=2.0, bias=0.2)
+    s = 2 / 1.36
+    assert float(got) == pytest.approx((0.36 * s * 3.0 + 1.0 * s * 1.0) / 2)
+    # one positive of low score (c = 0.28 < 1), one RoI: c normalised to 1, loss = its box loss
+    got = carl_loss(torch.tensor([0.1]), torch.tensor([3.0]), 1, k=1.0, bias=0.2)
+    assert float(got) == pytest.approx(3.0)

@@ -128,10 +128,9 @@ def nms_groups(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> 
     # A suppressed box belongs to the first kept box, in that order, that overlaps it and scores
     # at least as high: that is the box that suppressed it (an earlier such box would have, and
     # it did not keep it), whatever order NMS gave to equal scores.
+    # (Every suppressed box has one; a kept box is its own group's first.)
     takes = (box_iou(boxes[keep], boxes) > below) & (scores[keep][:, None] >= scores[None, :])
-    first = takes.int().argmax(dim=0)
-    group = torch.where(takes.any(dim=0), keep[first], torch.arange(len(boxes),
-                                                                    device=boxes.device))
+    group = keep[takes.int().argmax(dim=0)]
     group[keep] = keep
     return group
 
