@@ -394,7 +394,8 @@ def test_nms_groups_edges_and_equal_scores():
     assert empty.dtype == torch.long and empty.shape == (0,)
     # 60 pairs of boxes at IoU 9/11, every score equal: each pair is one group, headed by one of
     # its two boxes, whichever of the pair the NMS keeps
-    boxes = torch.tensor([[20.0 * i + s, 0, 20 * i + s + 10, 10] for i in range(60) for s in (0, 1)])
+    boxes = torch.tensor([[20.0 * i + s, 0, 20 * i + s + 10, 10]
+                          for i in range(60) for s in (0, 1)])
     got = nms_groups(boxes, torch.full((120,), 0.5), 0.5).view(60, 2)
     pairs = torch.arange(120).view(60, 2)
     assert bool((got[:, 0] == got[:, 1]).all())
