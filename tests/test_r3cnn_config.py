@@ -23,6 +23,7 @@ def test_defaults_are_the_authors():
     assert list(r3.IOU_THRESHOLDS) == [0.5, 0.6, 0.7]
     assert list(r3.LOOP_LOSS_WEIGHTS) == [1.0, 0.75, 0.5]
     assert r3.MASK_INFO_FLOW is False  # their HTC flow never runs in training
+    assert r3.MASK_UNTRAINED_FLOW is False  # ours: one trained mask pass at inference
     assert r3.SCORE_AVERAGING == "logits"  # mean of the cls_score logits, then softmax
     assert r3.NONLOCAL_KERNEL_SIZE == 7 and r3.NONLOCAL_REDUCTION == 2
     assert (r3.MASKIOU_NUM_CONV, r3.MASKIOU_CONV_DIM, r3.MASKIOU_NUM_LIGHT_CONV) == (4, 256, 2)
@@ -66,16 +67,37 @@ def test_coco_parameter_counts_match_the_papers_table_1():
     """Table 1 (trainable parameters, R-50 FPN, COCO): Mask R-CNN 44,170K, naive R^3-CNN 43,912K,
     R^3-CNN-L 50,072K. Differences, measured with tools/count_params.py on our configs:
     R^3-CNN-L = naive + 6,160K; R^3-CNN-L = Mask R-CNN + 5,902K with the authors' module set, whose
-    R3MaskHead always builds a 1x1 256->256 conv (conv_res, never trained; our MASK_INFO_FLOW conv);
+    R3MaskHead always builds a 1x1 256->256 conv (conv_res, never trained; MASK_UNTRAINED_FLOW);
     naive = Mask R-CNN - 323,900 (class-agnostic regression: 1024 x 316 + 316 fewer), which with
     that conv is the paper's -258K."""
     mask = _count("baselines/mask_rcnn_R_50_FPN_1x_coco.yaml")
     naive = _count("r3cnn/r3cnn_naive_R_50_FPN_1x_coco.yaml")
     light = _count("r3cnn/r3cnn_L_R_50_FPN_1x_coco.yaml")
-    light_flow = _count("r3cnn/r3cnn_L_R_50_FPN_1x_coco.yaml", ["MODEL.R3CNN.MASK_INFO_FLOW", "True"])
+    light_flow = _count("r3cnn/r3cnn_L_R_50_FPN_1x_coco.yaml",
+                        ["MODEL.R3CNN.MASK_UNTRAINED_FLOW", "True"])
     conv_res = 256 * 256 + 256
     assert naive - mask == -(1024 * 316 + 316)
     assert light_flow - light == conv_res
     assert abs((light - naive) - 6_160_000) <= 0.01 * 6_160_000
     assert abs((light_flow - mask) - (50_072_000 - 44_170_000)) <= 0.01 * 5_902_000
     assert abs((naive + conv_res - mask) - (43_912_000 - 44_170_000)) <= 1_000
+
+
+def test_box_losses_and_test_threshold():
+    """COCO configs: the authors' SmoothL1 betas (box 1.0, RPN 1/9) and score_thr 0.001. Embedded
+    configs: the values of the baselines they are benchmarked against (the same test threshold
+    for every member of a pair)."""
+    base = build_cfg(os.path.join(ROOT, "configs", "baselines",
+                                  "mask_rcnn_smallR_FPN_shapes.yaml"), [])
+    cascade = build_cfg(os.path.join(ROOT, "configs", "baselines",
+                                     "cascade_mask_rcnn_smallR_FPN_shapes.yaml"), [])
+    assert cascade.MODEL.ROI_HEADS.SCORE_THRESH_TEST == base.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    for path in CONFIGS:
+        cfg = build_cfg(path, [])
+        got = (cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA, cfg.MODEL.RPN.SMOOTH_L1_BETA,
+               cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+        if path.endswith("_coco.yaml"):
+            assert got == pytest.approx((1.0, 1.0 / 9.0, 0.001)), path
+        else:
+            assert got == (base.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA, base.MODEL.RPN.SMOOTH_L1_BETA,
+                           base.MODEL.ROI_HEADS.SCORE_THRESH_TEST), path

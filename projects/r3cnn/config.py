@@ -32,10 +32,17 @@ def add_r3cnn_config(cfg: CN) -> None:
     # the positives, at most BATCH_SIZE_PER_IMAGE x POSITIVE_FRACTION per image. True adds HTC's
     # mask information flow, ours (their HTC flow never runs in training, it gets stage index 0):
     # loop t runs the mask head t+1 times, each pass receiving the previous pass's mask features
-    # through a trained 1x1 conv, and inference averages the logits of NUM_LOOPS_TEST chained
-    # passes. Costs t+1 mask passes in loop t (6 over 3 loops) and 3 at inference. Ignored (no
-    # conv is built) when NUM_LOOPS_TRAIN is 1.
+    # through a trained 1x1 conv, and inference averages the probabilities of NUM_LOOPS_TEST
+    # chained passes (as theirs does). Costs t+1 mask passes in loop t (6 over 3 loops) and 3 at
+    # inference. Ignored (no conv is built) when NUM_LOOPS_TRAIN is 1.
     cfg.MODEL.R3CNN.MASK_INFO_FLOW = False
+    # True: the authors' mask branch as their configs run it (mask_info_flow=True, but training at
+    # HTC stage index 0): the 1x1 flow conv is built and fed zeros in training (ReLU(bias) = 0:
+    # it never learns, weight decay aside), and inference chains NUM_LOOPS_TEST mask passes
+    # through it and averages their sigmoid probabilities. False (ours): one trained pass at
+    # inference (the extra passes add a random layer's output; README "R^3-CNN"). Excludes
+    # MASK_INFO_FLOW.
+    cfg.MODEL.R3CNN.MASK_UNTRAINED_FLOW = False
     # How the loops' classifications merge at inference (Sec. 3, last paragraph: "the mean of the
     # classification values"): "logits" = softmax of the mean of the loops' class logits (the
     # authors' code: mean_cls of the cls_score, then get_bboxes' softmax); "probs" = mean of the

@@ -17,7 +17,6 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.modeling.roi_heads.mask_head import (
     BaseMaskRCNNHead,
     MaskRCNNConvUpsampleHead,
-    mask_rcnn_inference,
     mask_rcnn_loss,
 )
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
@@ -70,8 +69,12 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
     4. mask branch (HTC's interleaving, as theirs): b^{t+1} plus the ground-truth boxes is
        re-labelled at u^t and its positives re-sampled (at most ``BATCH_SIZE_PER_IMAGE x
        POSITIVE_FRACTION`` per image, drawn at random as their RandomSampler); the mask head
-       makes one plain pass on them. With ``MASK_INFO_FLOW`` (ours, off by default) it runs t+1
-       times, each pass receiving the previous pass's mask features through a 1x1 conv.
+       makes one plain pass on them. The loops' mask RoIs are pooled and passed through the mask
+       head together, once per step (the head's weights are the same in every loop and these
+       RoIs do not depend on mask outputs), and each loop's loss is taken on its own rows: the
+       same values as one pooler and head call per loop, with one call instead of one per loop. With
+       ``MASK_INFO_FLOW`` (ours, off by default) loop t runs the mask head t+1 times on its rows,
+       each pass receiving the previous pass's mask features through a trained 1x1 conv.
        R^3-CNN-L's MaskIoU loss is computed in the last loop only.
 
     Every loss of loop t is multiplied by ``LOOP_LOSS_WEIGHTS[t]`` and named ``<loss>_loop{t}``;
@@ -79,8 +82,21 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
 
     Inference: NUM_LOOPS_TEST loops of box head + predictor; the loops' classifications merged
     (Sec. 3, last paragraph) by ``SCORE_AVERAGING``: softmax of the mean logits (theirs) or mean of
-    the probabilities; boxes from the last loop, NMS, then one mask pass on the final boxes (with
-    the information flow: the mean logits of NUM_LOOPS_TEST chained passes).
+    the probabilities; boxes from the last loop, NMS, then the masks of the final boxes.
+
+    Masks at inference, by default: one pass of the mask head. This is where we deviate from the
+    authors' code as their configs run it. All their R^3-CNN configs set ``mask_info_flow=True``,
+    while their training calls HTC's mask training with stage index 0: the flow never runs there,
+    and their mask head (``R3MaskHead``) adds ``conv_res(zeros) = ReLU(bias) = 0`` to its input, so
+    the 1x1 ``conv_res`` gets zero gradients and keeps its random initial weights (shrunk by weight
+    decay; its zero bias stays zero). Their ``simple_test`` then runs NUM_LOOPS_TEST mask passes on
+    the final boxes, chained through that untrained conv (pass k adds ``ReLU(conv_res(features of
+    pass k-1))`` to the pooled features), and averages the passes' sigmoid probabilities. Passes 2
+    and later thus see features moved by a random layer the head never saw in training, and cost
+    NUM_LOOPS_TEST - 1 extra mask passes, so our default is the single trained pass, the mask head
+    as it was trained. ``MASK_UNTRAINED_FLOW: True`` reproduces theirs (the conv is built, fed
+    zeros in training, chained at test). With either flow the passes' probabilities are averaged,
+    as theirs; MaskIoU reads the last pass's mask, as theirs.
 
     Redefines ``forward`` and ``_forward_mask``; pooling, box head, predictor (built by
     ``MODEL.ROI_BOX_HEAD.PREDICTOR``), mask head and ``forward_with_given_boxes`` are
@@ -98,6 +114,7 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         loop_loss_weights: Sequence[float],
         score_averaging: str = "logits",
         mask_flow_conv: Optional[nn.Module] = None,
+        mask_flow_trained: bool = True,
         maskiou_head: Optional[nn.Module] = None,
         maskiou_loss_weight: float = 0.5,
         maskiou_logit_thresh: float = 0.5,
@@ -112,6 +129,9 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
                 (mean of the loops' probabilities).
             mask_flow_conv: the 1x1 conv (+ReLU) of the mask information flow, or None for no
                 flow. Needs a ``MaskRCNNConvUpsampleHead`` mask head.
+            mask_flow_trained: with a flow conv: True = our HTC flow (loop t chains t+1 passes in
+                training); False = the authors' code as run (one pass plus ``conv(zeros)`` in
+                training, NUM_LOOPS_TEST chained passes at inference).
             maskiou_head: a :class:`MaskIoUHead`, or None.
             maskiou_loss_weight: weight of the MaskIoU L2 loss.
             maskiou_logit_thresh: logit above which a mask cell is foreground (MaskIoU target).
@@ -143,6 +163,7 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
                               for u in self.iou_thresholds]
         self.score_averaging = score_averaging
         self.mask_flow_conv = mask_flow_conv
+        self.mask_flow_trained = mask_flow_trained
         self.maskiou_head = maskiou_head
         self.maskiou_loss_weight = maskiou_loss_weight
         self.maskiou_logit_thresh = maskiou_logit_thresh
@@ -174,17 +195,25 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         if cfg.MODEL.MASK_ON:
             in_channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
             mask_head = ret["mask_head"]
+            if r3.MASK_INFO_FLOW and r3.MASK_UNTRAINED_FLOW:
+                raise ValueError("MODEL.R3CNN.MASK_INFO_FLOW (our trained flow) and "
+                                 "MASK_UNTRAINED_FLOW (the authors' untrained one) exclude each "
+                                 "other")
             # A single training loop has no flow to learn (the conv would stay untrained).
-            if r3.MASK_INFO_FLOW and r3.NUM_LOOPS_TRAIN > 1:
+            trained_flow = r3.MASK_INFO_FLOW and r3.NUM_LOOPS_TRAIN > 1
+            if trained_flow or r3.MASK_UNTRAINED_FLOW:
                 if not isinstance(mask_head, MaskRCNNConvUpsampleHead):
-                    raise ValueError("MODEL.R3CNN.MASK_INFO_FLOW needs MODEL.ROI_MASK_HEAD.NAME "
-                                     "MaskRCNNConvUpsampleHead (or a subclass)")
+                    raise ValueError("MODEL.R3CNN.MASK_INFO_FLOW / MASK_UNTRAINED_FLOW need "
+                                     "MODEL.ROI_MASK_HEAD.NAME MaskRCNNConvUpsampleHead (or a "
+                                     "subclass)")
                 # HTC: the previous pass's features (after the mask convs) go through a 1x1 conv
-                # (+ReLU) and are added to the pooled RoI features of the next pass.
+                # (+ReLU) and are added to the pooled RoI features of the next pass. MSRA fill,
+                # zero bias: the init of their conv_res (mmcv kaiming_init, fan_out, normal).
                 conv = Conv2d(mask_head.deconv.in_channels, in_channels, kernel_size=1,
                               activation=nn.ReLU())
                 weight_init.c2_msra_fill(conv)
                 ret["mask_flow_conv"] = conv
+                ret["mask_flow_trained"] = bool(trained_flow)
             if r3.MASKIOU_ON:
                 num_classes = (1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK
                                else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
@@ -326,8 +355,8 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
     def _forward_train(self, features: Dict[str, torch.Tensor], proposals: List[Instances],
                        targets: List[Instances]):
         box_features = [features[f] for f in self.box_in_features]
-        losses: Dict[str, torch.Tensor] = {}
-        last = self.num_loops_train - 1
+        loop_losses: List[Dict[str, torch.Tensor]] = []
+        mask_rois: List[List[Instances]] = []
         for t in range(self.num_loops_train):
             matcher = self.loop_matchers[t]
             if self.proposal_append_gt:
@@ -336,20 +365,21 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
             proposals = self.label_and_sample_proposals(proposals, targets, stage=f"loop{t}",
                                                         matcher=matcher, append_gt=False)
             predictions = self._box_predictions(box_features, proposals)
-            loop_losses = dict(self.box_predictor.losses(predictions, proposals))
+            loop_losses.append(dict(self.box_predictor.losses(predictions, proposals)))
             with torch.no_grad():
                 refined = self._refined_proposals(predictions, proposals)
             if self.mask_on:
                 # HTC interleaving: the mask head learns on the refined boxes, re-sampled at u^t.
-                mask_rois = self._mask_training_rois(refined, targets, matcher)
-                mask_losses = self._forward_mask_train(features, mask_rois, num_passes=t + 1,
-                                                       with_maskiou=t == last)
+                mask_rois.append(self._mask_training_rois(refined, targets, matcher))
+            last_sampled, proposals = proposals, refined
+        losses: Dict[str, torch.Tensor] = {}
+        if self.mask_on:
+            for t, mask_losses in enumerate(self._forward_mask_train(features, mask_rois)):
                 if "loss_maskiou" in mask_losses:  # last loop only, not loop-weighted (theirs)
                     losses["loss_maskiou"] = mask_losses.pop("loss_maskiou")
-                loop_losses.update(mask_losses)
-            weight = self.loop_loss_weights[t]
-            losses.update({f"{k}_loop{t}": v * weight for k, v in loop_losses.items()})
-            last_sampled, proposals = proposals, refined
+                loop_losses[t].update(mask_losses)
+        for t, (weight, loop) in enumerate(zip(self.loop_loss_weights, loop_losses)):
+            losses.update({f"{k}_loop{t}": v * weight for k, v in loop.items()})
         return last_sampled, losses
 
     def _forward_box_inference(self, features: Dict[str, torch.Tensor],
@@ -397,10 +427,18 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
 
     def _mask_logits(self, x: torch.Tensor, num_passes: int) -> List[torch.Tensor]:
         """Mask logits of each pass: one pass of the plain head, or ``num_passes`` passes chained
-        by the information flow (only the last pass's logits when training)."""
+        by the information flow (only the last pass's logits when training).
+
+        The authors' untrained flow (``mask_flow_trained`` False) is their ``R3MaskHead``: every
+        pass, the first included, adds the conv's output for the previous features, zeros for
+        the first pass (``ReLU(bias)``, 0 as their zero bias never learns). Training asks for one
+        pass, so the conv only gets zero gradients (weight decay still applies, as theirs)."""
         if self.mask_flow_conv is None:
             return [self.mask_head.layers(x)]
-        logits, feat = [], None
+        feat = None
+        if not self.mask_flow_trained:
+            feat = x.new_zeros((1, self.mask_flow_conv.in_channels, 1, 1))
+        logits = []
         for k in range(num_passes):
             need = (not self.training) or k == num_passes - 1
             out, feat = self._mask_pass(x, feat, need_logits=need)
@@ -408,18 +446,34 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
                 logits.append(out)
         return logits
 
-    def _forward_mask_train(self, features: Dict[str, torch.Tensor], instances: List[Instances],
-                            num_passes: int, with_maskiou: bool) -> Dict[str, torch.Tensor]:
-        """Mask loss of one loop on ``instances`` (the loop's sampled positives), and the
-        MaskIoU loss if ``with_maskiou`` and the branch is on."""
-        x = self.mask_pooler([features[f] for f in self.mask_in_features],
-                             [i.proposal_boxes for i in instances])
-        logits = self._mask_logits(x, num_passes)[-1]
-        losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.mask_head.vis_period)
-                  * self.mask_head.loss_weight}
-        if with_maskiou and self.maskiou_head is not None:
-            losses["loss_maskiou"] = self._maskiou_loss(x, logits, instances)
-        return losses
+    def _forward_mask_train(self, features: Dict[str, torch.Tensor],
+                            loop_instances: List[List[Instances]]) -> List[Dict[str, torch.Tensor]]:
+        """Mask loss of each loop t on ``loop_instances[t]`` (the loop's sampled positives, one
+        ``Instances`` per image), and in the last loop the MaskIoU loss if the branch is on.
+
+        One pooler call and, without the trained flow, one mask-head pass over the RoIs of all
+        loops (per image, loop 0's RoIs, then loop 1's, ...); loop t's loss is Detectron2's mask
+        loss on its rows, as if its RoIs were pooled and passed alone."""
+        num_images = len(loop_instances[0])
+        boxes = [Boxes.cat([loop[i].proposal_boxes for loop in loop_instances])
+                 for i in range(num_images)]
+        x = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        # The loop of each pooled row, in the pooler's order (image by image).
+        loop_of_row = cat([torch.full((len(loop[i]),), t, dtype=torch.int64, device=x.device)
+                           for i in range(num_images) for t, loop in enumerate(loop_instances)])
+        shared = None if self.mask_flow_trained and self.mask_flow_conv is not None else (
+            self._mask_logits(x, 1)[-1])
+        last = len(loop_instances) - 1
+        out = []
+        for t, instances in enumerate(loop_instances):
+            rows = torch.nonzero(loop_of_row == t).squeeze(1)
+            logits = (self._mask_logits(x[rows], t + 1)[-1] if shared is None else shared[rows])
+            losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.mask_head.vis_period)
+                      * self.mask_head.loss_weight}
+            if t == last and self.maskiou_head is not None:
+                losses["loss_maskiou"] = self._maskiou_loss(x[rows], logits, instances)
+            out.append(losses)
+        return out
 
     def _class_mask_logits(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """(R, M, M) logits of each RoI's class (or of the class-agnostic mask)."""
@@ -450,20 +504,23 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         return F.mse_loss(pred_iou[positive], target[positive]) * self.maskiou_loss_weight
 
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
-        """Inference: masks on the final boxes, one pass of the mask head (with the information
-        flow: the mean of NUM_LOOPS_TEST chained passes' logits). With MaskIoU, ``pred_maskiou``
-        (the head's output for the predicted class, from the last pass's mask, as theirs) and
+        """Inference: masks on the final boxes. One pass of the mask head; with a flow,
+        NUM_LOOPS_TEST chained passes whose sigmoid probabilities are averaged (theirs:
+        ``merge_aug_masks`` of the passes' ``sigmoid``). With MaskIoU, ``pred_maskiou`` (the
+        head's output for the predicted class, from the last pass's mask, as theirs) and
         ``mask_scores = scores * pred_maskiou`` are added. (Training: ``_forward_mask_train``.)"""
         if not self.mask_on:
             return instances
         x = self.mask_pooler([features[f] for f in self.mask_in_features],
                              [i.pred_boxes for i in instances])
         passes = self._mask_logits(x, self.num_loops_test)
-        logits = torch.stack(passes).mean(dim=0) if len(passes) > 1 else passes[0]
-        mask_rcnn_inference(logits, instances)
+        classes = (cat([i.pred_classes for i in instances]) if instances
+                   else torch.zeros(0, dtype=torch.int64, device=x.device))
+        probs = torch.stack([self._class_mask_logits(p, classes).sigmoid() for p in passes])
+        probs = probs.mean(dim=0)[:, None]
+        for inst, prob in zip(instances, probs.split([len(i) for i in instances])):
+            inst.pred_masks = prob  # (R, 1, M, M), as Detectron2's mask_rcnn_inference
         if self.maskiou_head is not None:
-            classes = (cat([i.pred_classes for i in instances]) if instances
-                       else torch.zeros(0, dtype=torch.int64, device=x.device))
             maskiou = self._maskiou_of_class(x, self._class_mask_logits(passes[-1], classes),
                                              classes)
             for inst, iou in zip(instances, maskiou.split([len(i) for i in instances])):
