@@ -265,8 +265,8 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         """b^{t+1} = f(x^t, b^t): the regressed boxes, detached and clipped, as new proposals.
 
         In training, empty boxes and the boxes regressed from appended ground-truth RoIs are
-        dropped, and ``objectness_logits`` is carried along; at inference every box is kept, so
-        that the scores of the loops stay aligned.
+        dropped (no ``objectness_logits``: nothing after the RPN reads them; ``_append_gt`` gives
+        them 0); at inference every box is kept, so that the scores of the loops stay aligned.
         """
         boxes = self.box_predictor.predict_boxes(predictions, proposals)
         refined = []
@@ -282,9 +282,6 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
                 if prop.has("from_gt"):  # drop the boxes regressed from ground-truth RoIs
                     keep &= ~prop.from_gt
                 new.proposal_boxes = b[keep]
-                logits = (prop.objectness_logits if prop.has("objectness_logits")
-                          else torch.zeros(len(prop), device=b.device))
-                new.objectness_logits = logits[keep].detach()
             else:
                 new.proposal_boxes = b
             refined.append(new)
@@ -347,7 +344,7 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
             targets, matcher)
         out = []
         for r in rois:
-            fg = torch.nonzero((r.gt_classes >= 0) & (r.gt_classes != self.num_classes)).squeeze(1)
+            fg = torch.nonzero(r.gt_classes != self.num_classes).squeeze(1)  # no ignored (-1)
             keep = torch.randperm(fg.numel(), device=fg.device)[:self.mask_positive_cap]
             out.append(r[fg[keep]])
         return out
@@ -493,8 +490,7 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         """Mask Scoring R-CNN's L2 loss between predicted and target mask IoU (ground-truth
         class), on the positives whose target is > 0, times ``MASKIOU_LOSS_WEIGHT``. As theirs
         (``FCCMaskIoUHead.loss``), the mask logits enter the MaskIoU head undetached."""
-        gt_classes = (cat([i.gt_classes for i in instances]) if instances
-                      else torch.zeros(0, dtype=torch.int64, device=x.device))
+        gt_classes = cat([i.gt_classes for i in instances])  # one Instances per image
         class_logits = self._class_mask_logits(logits, gt_classes)
         pred_iou = self._maskiou_of_class(x, class_logits, gt_classes)
         target = mask_iou_targets(class_logits.detach(), instances, self.maskiou_logit_thresh)
@@ -514,8 +510,7 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         x = self.mask_pooler([features[f] for f in self.mask_in_features],
                              [i.pred_boxes for i in instances])
         passes = self._mask_logits(x, self.num_loops_test)
-        classes = (cat([i.pred_classes for i in instances]) if instances
-                   else torch.zeros(0, dtype=torch.int64, device=x.device))
+        classes = cat([i.pred_classes for i in instances])  # one Instances per image
         probs = torch.stack([self._class_mask_logits(p, classes).sigmoid() for p in passes])
         probs = probs.mean(dim=0)[:, None]
         for inst, prob in zip(instances, probs.split([len(i) for i in instances])):
