@@ -180,3 +180,19 @@ def test_evaluator_ranks_masks_by_mask_scores():
     assert torch.equal(inst.scores, torch.tensor([0.9, 0.5]))  # the model's output is untouched
     plain = Instances((4, 4), scores=torch.tensor([0.9]))
     assert with_mask_scores(plain) is plain
+
+
+def test_logit_threshold_reaches_the_target():
+    """MASKIOU_LOGIT_THRESH binarises the predicted mask of the target: with every mask logit at 5,
+    a threshold of 5.5 leaves no predicted cell, so every target is 0 and so is the loss, where
+    the default 0.5 gives positive targets."""
+    losses = []
+    for thresh in (0.5, 5.5):
+        heads = build(_l_cfg(MASKIOU_LOGIT_THRESH=thresh))
+        with torch.no_grad():
+            heads.mask_head.predictor.weight.zero_()
+            heads.mask_head.predictor.bias.fill_(5.0)
+        with EventStorage():
+            losses.append(heads(None, make_features(), make_proposals(near_gt=3),
+                                make_targets())[1]["loss_maskiou"])
+    assert losses[0] > 0 and losses[1] == 0

@@ -857,6 +857,23 @@ def test_info_flow_inference_averages_the_loops_mask_probabilities():
         assert (got - other).abs().max() > 1e-3
 
 
+def test_no_proposal_and_no_detection_give_empty_results():
+    """Zero proposals, or none above the score threshold: empty detections with the fields of a
+    non-empty result, masks of the head's resolution and MaskIoU scores included."""
+    heads = build(make_cfg(MASKIOU_ON=True)).eval()
+    empty = [Instances(IMAGE_SIZE, proposal_boxes=Boxes(torch.zeros(0, 4)),
+                       objectness_logits=torch.zeros(0)) for _ in range(2)]
+    outputs = [_detections(heads, empty)]
+    heads.box_predictor.test_score_thresh = 1.0
+    outputs.append(_detections(heads, make_proposals()))
+    for out in outputs:
+        assert len(out) == 2
+        for inst in out:
+            assert len(inst) == 0 and inst.image_size == IMAGE_SIZE
+            assert inst.pred_masks.shape == (0, 1, 28, 28)
+            assert inst.pred_maskiou.shape == inst.mask_scores.shape == (0,)
+
+
 def test_box_only_r3cnn():
     cfg = make_cfg()
     cfg.MODEL.MASK_ON = False
