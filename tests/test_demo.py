@@ -1,37 +1,17 @@
 """demo.py: draws a briefly trained Mask R-CNN's predictions onto an image of the shapes dataset,
 at the input's size; clear errors for a missing or unreadable input."""
-import os
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/baselines/mask_rcnn_smallR_FPN_shapes.yaml"
-SMALL = ["DATASETS.TRAIN", '("shapes_mini_train",)', "DATASETS.TEST", '("shapes_mini_val",)',
-         "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1"]
-
-
-def run(datasets_dir, script, *args, check=True):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_dir), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-5000:]}")
-    return proc
+from cli_runs import MASK_RCNN as CONFIG
+from cli_runs import SMALL, detectron2_log, run_script
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(datasets dir, weights) of a Mask R-CNN trained for 3 iterations."""
-    datasets = tmp_path_factory.mktemp("datasets")
-    out = tmp_path_factory.mktemp("train")
-    run(datasets, "train_net.py", "--config-file", CONFIG, *SMALL, "SOLVER.MAX_ITER", "3",
-        "OUTPUT_DIR", str(out))
-    return datasets, out / "model_final.pth"
+def trained(mask_rcnn_trained, datasets_dir):
+    """(datasets dir, weights) of a Mask R-CNN trained for 4 iterations (conftest.py)."""
+    return datasets_dir, mask_rcnn_trained[0] / "model_final.pth"
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +26,37 @@ def image(trained, tmp_path_factory):
     return path, img
 
 
-def demo(trained, image_path, out_dir, *extra, check=True):
-    datasets, weights = trained
-    return run(datasets, "demo.py", "--config-file", CONFIG, "--input", str(image_path),
-               "--output", str(out_dir), *extra, "--opts", "MODEL.WEIGHTS", str(weights),
-               "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *SMALL, check=check)
+def demo_args(trained, image_path, out_dir, *extra):
+    _, weights = trained
+    return ["--config-file", CONFIG, "--input", str(image_path), "--output", str(out_dir), *extra,
+            "--opts", "MODEL.WEIGHTS", str(weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            *SMALL]
+
+
+def demo(trained, image_path, out_dir, *extra):
+    """demo.py as a fresh process (its exit status and messages)."""
+    return run_script(trained[0], "demo.py", *demo_args(trained, image_path, out_dir, *extra),
+                      check=False)
+
+
+def demo_main(trained, image_path, out_dir, *extra):
+    """demo.py's main in this process (cli_runs.py), its OUTPUT_DIR (config and log) in out_dir."""
+    import demo as demo_py
+
+    with detectron2_log(trained[0]):
+        return demo_py.main(demo_args(trained, image_path, out_dir, *extra)
+                            + ["OUTPUT_DIR", str(out_dir)])
 
 
 def test_demo_draws_boxes_at_the_input_size(trained, image, tmp_path):
     path, img = image
-    demo(trained, path, tmp_path / "drawn")
+    assert demo_main(trained, path, tmp_path / "drawn") == [str(tmp_path / "drawn" / "crop.png")]
     out = cv2.imread(str(tmp_path / "drawn" / "crop.png"))
     assert out is not None and out.shape == img.shape == (256, 200, 3)
     # Control: the same run drawing nothing (threshold above every score). Detectron2's Visualizer
     # renders the image through matplotlib, which moves some pixels of this noisy texture by one
     # pixel; so it is close to the input on average, and drawings are what differs from it.
-    demo(trained, path, tmp_path / "empty", "--confidence-threshold", "1.01")
+    demo_main(trained, path, tmp_path / "empty", "--confidence-threshold", "1.01")
     empty = cv2.imread(str(tmp_path / "empty" / "crop.png"))
     assert empty.shape == img.shape
     assert np.abs(empty.astype(int) - img.astype(int)).mean() < 10
@@ -75,13 +70,13 @@ def test_demo_draws_boxes_at_the_input_size(trained, image, tmp_path):
 
 
 def test_missing_input_is_a_clear_error(trained, tmp_path):
-    proc = demo(trained, tmp_path / "no_such.png", tmp_path / "o", check=False)
+    proc = demo(trained, tmp_path / "no_such.png", tmp_path / "o")
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "no_such.png" in proc.stderr
 
 
 def test_unreadable_image_is_a_clear_error(trained, tmp_path):
     bad = tmp_path / "not_an_image.png"
     bad.write_text("hello")
-    proc = demo(trained, bad, tmp_path / "o", check=False)
+    proc = demo(trained, bad, tmp_path / "o")
     assert proc.returncode == 2 and "not an image" in proc.stderr
     assert not (tmp_path / "o").exists()
