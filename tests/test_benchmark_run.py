@@ -197,14 +197,51 @@ def test_verdict_against_the_seed_noise():
 ONLY = ["fcos_vs_iou_aware", "iou_aware_alpha"]
 
 
+@contextlib.contextmanager
+def _output_to(f):
+    """This process's stdout and stderr, and those of the processes it starts (its file
+    descriptors 1 and 2), go to the file ``f``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+    finally:
+        f.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def _run(tmp_path, *extra):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "benchmarks/run.py", "--suite", "embedded", "--quick", "--only", *ONLY,
-           "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"),
-           *extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout + proc.stderr
+    """``benchmarks/run.py --quick ...``: its main in this process (planning, records, report;
+    an interpreter start-up less), the trainings, speed and ablation as its child processes, as
+    on the command line. Returns what all of them printed."""
+    import run
+
+    argv = ["--suite", "embedded", "--quick", "--only", *ONLY, "--work-dir", str(tmp_path / "work"),
+            "--results-dir", str(tmp_path / "results"), *extra]
+    env = {"DETECTRON2_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    log_path = tmp_path / "run.log"
+    try:
+        with open(log_path, "w") as f, _output_to(f):
+            run.main(argv)
+    except BaseException as e:  # SystemExit of a failed child included
+        log = log_path.read_text()
+        raise AssertionError(f"run.py {' '.join(argv)} failed: {e!r}\n{log[-8000:]}") from e
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+    return log_path.read_text()
 
 
 @pytest.fixture(scope="module")
