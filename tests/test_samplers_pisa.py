@@ -442,3 +442,23 @@ def test_carl_loss_by_hand():
     # one positive of low score (c = 0.28 < 1), one RoI: c normalised to 1, loss = its box loss
     got = carl_loss(torch.tensor([0.1]), torch.tensor([3.0]), 1, k=1.0, bias=0.2)
     assert float(got) == pytest.approx(3.0)
+
+
+def test_pisa_sampler_score_exactly_at_the_threshold_is_not_ranked():
+    # ScoreHLRSampler ranks negatives whose top foreground score is above score_thr (strictly)
+    # and fills the rest at random from those at or below it. Threshold 0.25: n0 scores 0.6
+    # (ranked), n1 exactly 0.25 (softmax of log(.25, .25, .5) is exact), n2 0.1; two wanted: n0,
+    # then n1 or n2 at random, both at n0's weight (1)
+    probs = torch.tensor([[0.6, 0.1, 0.3], [0.25, 0.25, 0.5], [0.1, 0.05, 0.85]])
+    boxes = torch.tensor([[0.0, 0, 10, 10] * K, [50.0, 0, 60, 10] * K, [100.0, 0, 110, 10] * K])
+    candidates = Candidates(torch.full((3,), K), torch.zeros(3), torch.zeros(3, dtype=torch.long),
+                            K, head=lambda idx: (probs.log()[idx], boxes[idx]))
+    cfg = pisa_cfg(batch=2)
+    cfg.MODEL.ROI_HEADS.PISA.NEG_SCORE_THRESH = 0.25
+    second = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        sampled = build_roi_sampler(cfg)(candidates)
+        assert sampled.indices[0] == 0 and sampled.weights.tolist() == [1.0, 1.0]
+        second.add(int(sampled.indices[1]))
+    assert second == {1, 2}

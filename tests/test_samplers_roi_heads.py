@@ -11,6 +11,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 import imbalance
+from d2infra.modeling import ROI_BOX_PREDICTOR_REGISTRY
 from imbalance.samplers import SamplingCascadeROIHeads, SamplingStandardROIHeads
 from imbalance.samplers.roi_heads import _cached_head
 
@@ -132,6 +133,91 @@ def test_ohem_head_keeps_top_loss_candidates_of_each_image():
             top = set(torch.sort(ref, descending=True).indices[:10].tolist())
             kept = {tuple(b) for b in s.proposal_boxes.tensor.tolist()}
             assert kept == {tuple(cands.proposal_boxes.tensor[i].tolist()) for i in top}
+
+
+def test_candidate_predictions_are_the_head_on_every_candidate():
+    # called with its defaults (image 0, the single stage), on an image with one ground-truth box:
+    # softmax scores, and each RoI's loss as Detectron2's FastRCNNOutputLayers.losses on that RoI
+    features, proposals, targets = batch()
+    head = build(head_cfg("SamplingStandardROIHeads", "ohem"))
+    target = targets[0][:1]
+    cands = proposals[0][:12]
+    iou = pairwise_iou(target.gt_boxes, cands.proposal_boxes)[0]
+    labels = torch.where(iou >= 0.5, target.gt_classes[0], torch.tensor(K))
+    assert 0 < int((labels < K).sum()) < 12
+    with head.sampling_features(features):
+        matched = torch.zeros(12, dtype=torch.long)
+        scores, ce, box = head.candidate_predictions(cands, labels, matched, target)
+    x = [features[f][0:1] for f in ("p2", "p3")]
+    with torch.no_grad():
+        logits, _ = head.box_predictor(head.box_head(head.box_pooler(x, [cands.proposal_boxes])))
+    assert torch.allclose(scores, torch.softmax(logits, dim=1))
+    ref = []
+    with EventStorage():
+        for i in range(12):
+            one = cands[i:i + 1]
+            one.gt_classes, one.gt_boxes = labels[i:i + 1], target.gt_boxes
+            ref.append(single_roi_loss(head, features, 0, one))
+    assert (ce + box).tolist() == pytest.approx(ref, rel=1e-5)
+
+
+class HandLossesOutputLayers(FastRCNNOutputLayers):
+    """Fast R-CNN's layers whose per-RoI losses are set by hand: the i-th candidate's
+    classification loss is i, its box loss 0 (OHEM must rank by these when a predictor has them)."""
+
+    def per_roi_losses(self, predictions, proposals):
+        n = sum(len(p) for p in proposals)
+        assert n == len(predictions[0])
+        return torch.arange(n, dtype=torch.float32), torch.zeros(n)
+
+
+if "HandLossesOutputLayers" not in ROI_BOX_PREDICTOR_REGISTRY:
+    ROI_BOX_PREDICTOR_REGISTRY.register(HandLossesOutputLayers)
+
+
+def test_ohem_ranks_by_the_predictors_own_per_roi_losses():
+    features, proposals, targets = batch()
+    cfg = head_cfg("SamplingStandardROIHeads", "ohem", batch=5)
+    cfg.MODEL.ROI_HEADS.OHEM.NMS_THRESH = 0.0
+    cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "HandLossesOutputLayers"
+    cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = False
+    head = build(cfg)
+    with EventStorage(), head.sampling_features(features):
+        sampled = head.label_and_sample_proposals(proposals, targets)
+    for p, s in zip(proposals, sampled):  # the 5 last candidates, the "hardest"
+        assert {tuple(b) for b in s.proposal_boxes.tensor.tolist()} == {
+            tuple(b) for b in p.proposal_boxes.tensor[-5:].tolist()}
+
+
+def test_cascade_candidates_go_through_the_asked_stage():
+    features, proposals, targets = batch()
+    head = build(head_cfg("SamplingCascadeROIHeads", "ohem"))
+    idx = torch.tensor([2, 7])
+    x = [features[f][1:2] for f in ("p2", "p3")]
+    subset = proposals[1].proposal_boxes[idx]
+    with head.sampling_features(features):
+        logits, _ = head.candidate_head(proposals[1], idx, image_index=1, stage="stage2")
+        scores, _, _ = head.candidate_predictions(
+            proposals[1][idx], torch.full((2,), K), torch.zeros(2, dtype=torch.long), targets[1],
+            image_index=1, stage="stage1")
+    with torch.no_grad():
+        ref2 = head.box_predictor[2](head.box_head[2](head.box_pooler(x, [subset])))[0]
+        ref1 = head.box_predictor[1](head.box_head[1](head.box_pooler(x, [subset])))[0]
+    assert torch.allclose(logits, ref2) and torch.allclose(scores, torch.softmax(ref1, dim=1))
+    assert not torch.allclose(ref1, ref2)
+
+
+def test_candidate_head_defaults_to_image_0():
+    features, proposals, _ = batch()
+    head = build(head_cfg("SamplingStandardROIHeads", "pisa"))
+    idx = torch.tensor([0, 5])
+    with head.sampling_features(features):
+        logits, _ = head.candidate_head(proposals[0], idx)
+    x = [features[f][0:1] for f in ("p2", "p3")]
+    with torch.no_grad():
+        ref = head.box_predictor(head.box_head(head.box_pooler(
+            x, [proposals[0].proposal_boxes[idx]])))[0]
+    assert torch.allclose(logits, ref)
 
 
 @pytest.mark.parametrize("sampler", ["ohem", "iou_balanced", "pisa"])
