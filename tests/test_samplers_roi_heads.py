@@ -1,5 +1,7 @@
 """The sampling ROI heads: Detectron2's sampling with ``random``, OHEM's candidate predictions, and
 Cascade R-CNN through the registry."""
+import logging
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -368,14 +370,100 @@ def test_pisa_batched_head_pass_samples_as_one_pass_per_image():
     cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "PISAFastRCNNOutputLayers"
     head = build(cfg)
     head.train()
-    runs = []
+    runs, calls = [], []
+    box_head_forward = head.box_head.forward
+
+    def counting_forward(x):
+        calls[-1] += 1
+        return box_head_forward(x)
+
+    head.box_head.forward = counting_forward
     for batched in (True, False):
         if not batched:
             head.roi_sampler.head_candidates = lambda candidates: None
+        calls.append(0)
         with EventStorage(), head.sampling_features(features):
             torch.manual_seed(0)
             runs.append(head.label_and_sample_proposals(proposals, targets))
+    assert calls == [1, 2]  # one box-head pass for the batch, or one per image
     for a, b in zip(*runs):
         assert torch.equal(a.proposal_boxes.tensor, b.proposal_boxes.tensor)
         assert torch.allclose(a.loss_weights, b.loss_weights, rtol=1e-5, atol=0)
         assert (a.loss_weights != 1).any() or len(a) == 0
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("name", ["SamplingStandardROIHeads", "SamplingCascadeROIHeads"])
+def test_weighting_sampler_without_its_predictor_warns(name):
+    handler = RecordingHandler()
+    logger = logging.getLogger("imbalance.samplers.roi_heads")
+    logger.addHandler(handler)
+    try:
+        build(head_cfg(name, "pisa"))
+        cfg = head_cfg(name, "pisa")
+        cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "PISAFastRCNNOutputLayers"
+        build(cfg)
+        build(head_cfg(name, "ohem"))  # OHEM weighs nothing
+    finally:
+        logger.removeHandler(handler)
+    assert handler.messages == [
+        "MODEL.ROI_HEADS.SAMPLER='pisa' weighs RoIs, but the box predictor (FastRCNNOutputLayers) "
+        "does not apply its weights (no applies_pisa); set MODEL.ROI_BOX_HEAD.PREDICTOR to "
+        "'PISAFastRCNNOutputLayers'."]
+
+
+def test_candidates_outside_forward_are_refused():
+    _, proposals, _ = batch()
+    head = build(head_cfg("SamplingStandardROIHeads", "pisa"))
+    with pytest.raises(RuntimeError, match=r"^SamplingStandardROIHeads evaluates the candidates "
+                                           r"with the features of the current forward; the "
+                                           r"PISASampler sampler works only inside forward\(\)$"):
+        head.candidate_head(proposals[0], torch.tensor([0]))
+
+
+def test_sampling_box_modules_of_a_cascade():
+    head = build(head_cfg("SamplingCascadeROIHeads"))
+    for stage, k in (("stage0", 0), ("stage2", 2), ("loop1", 1), ("roi_head", 0)):
+        box_head, predictor = head.sampling_box_modules(stage)
+        assert box_head is head.box_head[k] and predictor is head.box_predictor[k], stage
+
+
+def test_sampled_proposals_carry_their_iou_by_hand():
+    # gt_ious: the IoU of each sampled proposal with the ground-truth box it is matched to
+    # (0 in the image without ground truth), as pairwise_iou of the two boxes
+    _, proposals, targets = batch()
+    head = build(head_cfg("SamplingStandardROIHeads"))
+    with EventStorage():
+        sampled = head.label_and_sample_proposals(proposals, targets)
+    s = sampled[0]
+    ref = pairwise_iou(s.proposal_boxes, s.gt_boxes).diagonal()
+    assert torch.allclose(s.gt_ious, ref) and bool((s.gt_ious[s.gt_classes < K] >= 0.5).all())
+    assert not sampled[1].has("gt_boxes") and sampled[1].gt_ious.tolist() == [0.0] * 16
+    assert sampled[1].gt_classes.tolist() == [K] * 16
+
+
+def test_ohem_head_nms_by_loss_leaves_no_overlap_above_the_threshold():
+    features, proposals, targets = batch()
+    cfg = head_cfg("SamplingStandardROIHeads", "ohem", batch=10)
+    head = build(cfg)
+    with EventStorage(), head.sampling_features(features):
+        sampled = head.label_and_sample_proposals(proposals, targets)
+    for s in sampled:
+        iou = pairwise_iou(s.proposal_boxes, s.proposal_boxes)
+        iou.fill_diagonal_(0)
+        assert len(s) == 10 and float(iou.max()) <= 0.7
+    # without the NMS the same heads keep overlapping RoIs (the test above is not vacuous)
+    cfg.MODEL.ROI_HEADS.OHEM.NMS_THRESH = 0.0
+    head = build(cfg)
+    with EventStorage(), head.sampling_features(features):
+        sampled = head.label_and_sample_proposals(proposals, targets)
+    iou = pairwise_iou(sampled[0].proposal_boxes, sampled[0].proposal_boxes).fill_diagonal_(0)
+    assert float(iou.max()) > 0.7

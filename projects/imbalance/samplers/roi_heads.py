@@ -91,8 +91,9 @@ class RoISamplingMixin:
 
     def sampling_box_modules(self, stage: str) -> Tuple[nn.Module, nn.Module]:
         """The ``(box_head, box_predictor)`` that :meth:`candidate_predictions` runs for ``stage``:
-        ``self.box_head``/``self.box_predictor``, or entry ``N`` of them for ``"stageN"`` when
-        they are ``ModuleList`` (Cascade R-CNN). Heads with other layouts override this."""
+        ``self.box_head``/``self.box_predictor``, or entry ``N`` of them for a name ending in
+        ``N`` (``"stageN"``, ``"loopN"``; 0 for a name without a number) when they are
+        ``ModuleList`` (Cascade R-CNN). Heads with other layouts override this."""
         head, predictor = self.box_head, self.box_predictor
         if isinstance(head, nn.ModuleList):
             match = re.search(r"(\d+)$", stage)
