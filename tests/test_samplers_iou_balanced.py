@@ -134,3 +134,17 @@ def test_balanced_draw_edges():
         torch.manual_seed(seed)
         got = balanced_draw(indices, groups, 2)
         assert len(got) == 2 and len(set(groups[got - 10].tolist())) == 2
+
+
+def test_balanced_quotas_remainder_goes_to_groups_with_room():
+    # counts (1, 5, 5), 4 draws: one each (group 0 is then full), and the remaining one to group
+    # 1 or 2 at random, never to the full group 0
+    seen = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        q = balanced_quotas(torch.tensor([1, 5, 5]), 4).tolist()
+        assert q[0] == 1 and sorted(q[1:]) == [1, 2]
+        seen.add(tuple(q))
+    assert seen == {(1, 2, 1), (1, 1, 2)}
+    assert balanced_quotas(torch.tensor([0, 0]), 3).tolist() == [0, 0]
+    assert balanced_quotas(torch.tensor([4, 4]), 0).tolist() == [0, 0]
