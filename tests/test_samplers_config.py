@@ -43,6 +43,8 @@ def test_register_alias_names_a_registered_sampler(cfg):
     register_alias("uniform_for_test", "RandomSampler")
     c.MODEL.ROI_HEADS.SAMPLER = "uniform_for_test"
     assert type(build_roi_sampler(c)) is RandomSampler
+    c.MODEL.ROI_HEADS.SAMPLER = "OHEMSampler"  # a registered class name works too
+    assert type(build_roi_sampler(c)).__name__ == "OHEMSampler"
     c.MODEL.ROI_HEADS.SAMPLER = "no_such_sampler"
     with pytest.raises(ValueError, match=r"SAMPLER='no_such_sampler' is not a registered RoI "
                                          r"sampler; known: \[.*'ohem'.*'pisa'.*\]"):
