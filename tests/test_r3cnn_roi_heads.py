@@ -551,7 +551,7 @@ def test_batched_mask_branch_equals_one_pass_per_loop():
             assert torch.allclose(losses[f"loss_mask_loop{t}"], refs[-1], rtol=0, atol=1e-6), t
         sum(refs).backward()
     for g, p in zip(grads, heads.mask_head.parameters()):
-        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)  # float sums: batch order
 
 
 def _count_calls(module):
