@@ -414,7 +414,7 @@ def _spy_mask_pooler(heads):
 def test_mask_rois_per_loop_never_exceed_the_cap():
     """40 positives per image, BATCH_SIZE_PER_IMAGE 16 at POSITIVE_FRACTION 0.25: every loop's
     mask head sees 4 RoIs per image, each a positive of the loop's threshold; the mask pooler is
-    called once per step, on the 3 loops' RoIs of each image one after the other."""
+    called once per step, on the distinct boxes of the 3 loops' RoIs of each image."""
     cfg = make_cfg()
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
     heads = build(cfg)
@@ -435,7 +435,9 @@ def test_mask_rois_per_loop_never_exceed_the_cap():
             assert len(inst) == 4  # = int(16 * 0.25)
             b = inst.proposal_boxes.tensor
             assert (((b[:, 3] - b[:, 1]) / 40.0) >= 0.7 - 1e-6).all()
-            assert torch.equal(pooled[0][i][4 * t:4 * t + 4], b)  # loop t's rows, in order
+    for i in range(2):
+        union = {tuple(r) for t in range(3) for r in _sorted_rows(rois[t][i].proposal_boxes.tensor)}
+        assert _sorted_rows(pooled[0][i]) == sorted(list(r) for r in union)
 
 
 def _move_right(heads):
@@ -453,7 +455,8 @@ def _sorted_rows(boxes):
 def test_mask_pooler_receives_each_loops_regressed_boxes():
     """Four 20-px-wide boxes inside the 40 x 40 gt box (IoU = area / 1600: 0.25, 0.35, 0.375,
     0.5), each loop moving them right by 2 px (still inside: IoU unchanged). Loop t's mask RoIs,
-    by hand: the boxes moved t+1 times (loop t's regressed boxes) whose IoU >= u^t, and the gt."""
+    by hand: the boxes moved t+1 times (loop t's regressed boxes) whose IoU >= u^t, and the gt;
+    the mask pooler receives each distinct box once (the gt box once for the 3 loops)."""
     thresholds = [0.3, 0.4, 0.45]
     cfg = make_cfg(IOU_THRESHOLDS=thresholds)
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64  # all 4 + 1 boxes sampled, cap 16
@@ -463,18 +466,20 @@ def test_mask_pooler_receives_each_loops_regressed_boxes():
              [10.0, 10.0, 30.0, 50.0]]
     ious = [0.25, 0.35, 0.375, 0.5]
     prop, target = _one_image(boxes)
-    pooled = _spy_mask_pooler(heads)
+    pooled, rois = _spy_mask_pooler(heads), _spy_mask_rois(heads)
     with EventStorage():
         heads(None, {"p2": make_features()["p2"][:1]}, [prop], [target])
-    rows, start = pooled[0][0], 0
+    union = []
     for t, u in enumerate(thresholds):
         expected = [[x0 + 2.0 * (t + 1), y0, x1 + 2.0 * (t + 1), y1]
                     for (x0, y0, x1, y1), r in zip(boxes, ious) if r >= u]
+        union += expected
         expected.append([10.0, 10.0, 50.0, 50.0])
-        got = rows[start:start + len(expected)]
-        start += len(expected)
+        got = rois[t][0].proposal_boxes.tensor
         assert _sorted_rows(got) == _sorted_rows(torch.tensor(expected)), t
-    assert start == len(rows) == 4 + 2 + 2
+    union.append([10.0, 10.0, 50.0, 50.0])
+    assert len(pooled) == 1 and len(union) == 3 + 1 + 1 + 1
+    assert _sorted_rows(pooled[0][0]) == _sorted_rows(torch.tensor(union))
 
 
 def _spy_sampling_io(heads):
@@ -573,9 +578,11 @@ def test_mask_passes_per_step(flow, train_passes, test_passes):
     with EventStorage():
         heads(None, make_features(), make_proposals(near_gt=3), make_targets())
     n = [sum(len(i) for i in loop) for loop in rois]
+    distinct = sum(len(torch.unique(torch.cat([loop[i].proposal_boxes.tensor for loop in rois]),
+                                    dim=0)) for i in range(2))
     assert len(convs) == train_passes
     if train_passes == 1:
-        assert convs == logits == [sum(n)]  # every loop's RoIs in the one pass
+        assert convs == logits == [distinct] and distinct < sum(n)  # the gt boxes pass once
     else:  # loop t: t+1 passes on its RoIs, logits of the last one only
         assert convs == [n[0], n[1], n[1], n[2], n[2], n[2]] and logits == n
     convs.clear()

@@ -70,9 +70,10 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
        re-labelled at u^t and its positives re-sampled (at most ``BATCH_SIZE_PER_IMAGE x
        POSITIVE_FRACTION`` per image, drawn at random as their RandomSampler); the mask head
        makes one plain pass on them. The loops' mask RoIs are pooled and passed through the mask
-       head together, once per step (the head's weights are the same in every loop and these
-       RoIs do not depend on mask outputs), and each loop's loss is taken on its own rows: the
-       same values as one pooler and head call per loop, with one call instead of one per loop. With
+       head together, once per step and once per distinct box (the head's weights are the same in
+       every loop, these RoIs do not depend on mask outputs, and the ground-truth boxes recur in
+       every loop), and each loop's loss is taken on its own rows: the same values as one pooler
+       and head call per loop, with one call instead of one per loop. With
        ``MASK_INFO_FLOW`` (ours, off by default) loop t runs the mask head t+1 times on its rows,
        each pass receiving the previous pass's mask features through a trained 1x1 conv.
        R^3-CNN-L's MaskIoU loss is computed in the last loop only.
@@ -448,22 +449,30 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         """Mask loss of each loop t on ``loop_instances[t]`` (the loop's sampled positives, one
         ``Instances`` per image), and in the last loop the MaskIoU loss if the branch is on.
 
-        One pooler call and, without the trained flow, one mask-head pass over the RoIs of all
-        loops (per image, loop 0's RoIs, then loop 1's, ...); loop t's loss is Detectron2's mask
+        One pooler call and, without the trained flow, one mask-head pass over the distinct RoIs
+        of all loops: a box in several loops (the ground truth, added in every loop) is pooled and
+        passed once, its logits serving each loop that has it. Loop t's loss is Detectron2's mask
         loss on its rows, as if its RoIs were pooled and passed alone."""
         num_images = len(loop_instances[0])
-        boxes = [Boxes.cat([loop[i].proposal_boxes for loop in loop_instances])
-                 for i in range(num_images)]
-        x = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        # The loop of each pooled row, in the pooler's order (image by image).
-        loop_of_row = cat([torch.full((len(loop[i]),), t, dtype=torch.int64, device=x.device)
+        distinct, rows_of = [], []  # per image: distinct boxes; each loop RoI's pooled row
+        offset = 0
+        for i in range(num_images):
+            boxes = cat([loop[i].proposal_boxes.tensor for loop in loop_instances])
+            unique, inverse = torch.unique(boxes, dim=0, return_inverse=True)
+            distinct.append(Boxes(unique))
+            rows_of.append(inverse + offset)
+            offset += len(unique)
+        x = self.mask_pooler([features[f] for f in self.mask_in_features], distinct)
+        rows_of = cat(rows_of)  # image by image, loop by loop within an image
+        # The loop of each of those RoIs.
+        loop_of_roi = cat([torch.full((len(loop[i]),), t, dtype=torch.int64, device=x.device)
                            for i in range(num_images) for t, loop in enumerate(loop_instances)])
         shared = None if self.mask_flow_trained and self.mask_flow_conv is not None else (
             self._mask_logits(x, 1)[-1])
         last = len(loop_instances) - 1
         out = []
         for t, instances in enumerate(loop_instances):
-            rows = torch.nonzero(loop_of_row == t).squeeze(1)
+            rows = rows_of[loop_of_roi == t]
             logits = (self._mask_logits(x[rows], t + 1)[-1] if shared is None else shared[rows])
             losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.mask_head.vis_period)
                       * self.mask_head.loss_weight}
