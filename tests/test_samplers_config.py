@@ -10,7 +10,7 @@ from imbalance.samplers import build_roi_sampler
 from imbalance.samplers.base import RandomSampler, register_alias
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cfg():
     c = get_cfg()
     imbalance.add_imbalance_config(c)

@@ -447,7 +447,44 @@ def test_sampled_proposals_carry_their_iou_by_hand():
     ref = pairwise_iou(s.proposal_boxes, s.gt_boxes).diagonal()
     assert torch.allclose(s.gt_ious, ref) and bool((s.gt_ious[s.gt_classes < K] >= 0.5).all())
     assert not sampled[1].has("gt_boxes") and sampled[1].gt_ious.tolist() == [0.0] * 16
+    assert sampled[1].gt_ious.dtype == s.gt_ious.dtype == torch.float32
     assert sampled[1].gt_classes.tolist() == [K] * 16
+
+
+@pytest.mark.parametrize("num_gt", [1, 2])
+@pytest.mark.parametrize("ignore_zone", [False, True])
+def test_labels_as_detectron2_with_one_gt_and_an_ignore_zone(num_gt, ignore_zone):
+    # an image with a single ground-truth box, and IoUs in [0.3, 0.5) ignored (label -1): the
+    # random sampler's RoIs and labels are Detectron2's StandardROIHeads'
+    _, proposals, targets = batch()
+    targets = [targets[0][:num_gt], targets[1]]
+    cfgs = [head_cfg("SamplingStandardROIHeads"), head_cfg("StandardROIHeads")]
+    for cfg in cfgs:
+        if ignore_zone:
+            cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.3, 0.5]
+            cfg.MODEL.ROI_HEADS.IOU_LABELS = [0, -1, 1]
+    ours, theirs = build(cfgs[0]), build(cfgs[1])
+    with EventStorage():
+        torch.manual_seed(0)
+        a = ours.label_and_sample_proposals(proposals, targets)
+        torch.manual_seed(0)
+        b = theirs.label_and_sample_proposals(proposals, targets)
+    assert bool((a[0].gt_classes < K).any())
+    for x, y in zip(a, b):
+        assert torch.equal(x.proposal_boxes.tensor, y.proposal_boxes.tensor)
+        assert torch.equal(x.gt_classes, y.gt_classes)
+
+
+def test_cascade_ohem_trains_a_step_on_stage0_candidates():
+    features, proposals, targets = batch()
+    head = build(head_cfg("SamplingCascadeROIHeads", "ohem"))
+    head.train()
+    with EventStorage() as storage:
+        _, losses = head(None, features, proposals, targets)
+        latest = storage.latest()
+    assert all(torch.isfinite(v) for v in losses.values())
+    # stage 0 kept BATCH_SIZE_PER_IMAGE = 16 RoIs per image (OHEM, no foreground fraction)
+    assert latest["imbalance/stage0/num_fg"][0] + latest["imbalance/stage0/num_bg"][0] == 32
 
 
 def test_ohem_head_nms_by_loss_leaves_no_overlap_above_the_threshold():
