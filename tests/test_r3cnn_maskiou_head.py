@@ -196,3 +196,18 @@ def test_logit_threshold_reaches_the_target():
             losses.append(heads(None, make_features(), make_proposals(near_gt=3),
                                 make_targets())[1]["loss_maskiou"])
     assert losses[0] > 0 and losses[1] == 0
+
+
+def test_inference_reads_the_maskiou_of_the_predicted_class_with_two_classes():
+    """Two classes, class-specific masks: each detection reads its own class's output."""
+    cfg = _l_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    heads = build(cfg)
+    _set_maskiou_output(heads, [0.3, 0.8])
+    heads.eval()
+    with torch.no_grad():
+        out, _ = heads(None, make_features(), make_proposals())
+    classes = torch.cat([i.pred_classes for i in out])
+    assert set(classes.tolist()) == {0, 1}
+    expected = torch.tensor([0.3, 0.8])[classes]
+    assert torch.allclose(torch.cat([i.pred_maskiou for i in out]), expected)

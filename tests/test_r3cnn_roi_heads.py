@@ -559,6 +559,42 @@ def test_batched_mask_branch_equals_one_pass_per_loop():
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)  # float sums: batch order
 
 
+def test_batched_mask_branch_with_three_images():
+    """The rows of each image's distinct boxes follow those of the images before it: with 3 images,
+    every loop's mask loss is still Detectron2's on that loop's RoIs alone."""
+    heads = build(make_cfg())
+    randomize_regression(heads, scale=0.2)
+    prop3, tgt3 = _one_image([[12.0, 12.0, 40.0, 44.0], [10.0, 14.0, 48.0, 50.0]], gt_class=1)
+    proposals = make_proposals(near_gt=3) + [prop3]
+    targets = make_targets() + [tgt3]
+    g = torch.Generator().manual_seed(9)
+    features = {"p2": torch.rand(3, CHANNELS, 16, 16, generator=g)}
+    rois = _spy_mask_rois(heads)
+    with EventStorage():
+        _, losses = heads(None, features, proposals, targets)
+        from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+        for t, loop in enumerate(rois):
+            assert all(len(i) > 0 for i in loop)
+            x = heads.mask_pooler([features["p2"]], [i.proposal_boxes for i in loop])
+            ref = heads.loop_loss_weights[t] * mask_rcnn_loss(heads.mask_head.layers(x), loop, 0)
+            assert torch.allclose(losses[f"loss_mask_loop{t}"], ref, rtol=0, atol=1e-6), t
+
+
+def test_mask_visualisation_period_reaches_the_mask_loss():
+    """MaskRCNNConvUpsampleHead's vis_period (VIS_PERIOD) reaches Detectron2's mask loss, which
+    then stores an image of the predicted and target mask of each RoI every vis_period iterations
+    (none with 0)."""
+    heads = build(make_cfg())
+    rois = _spy_mask_rois(heads)
+    for period in (0, 1):
+        heads.mask_head.vis_period = period
+        rois.clear()
+        with EventStorage() as storage:
+            heads(None, make_features(), make_proposals(near_gt=3), make_targets())
+            stored = len(storage._vis_data)
+        assert stored == period * sum(len(i) for loop in rois for i in loop) and len(rois) == 3
+
+
 def _count_calls(module):
     calls = []
     module.register_forward_hook(lambda m, inputs, out: calls.append(len(inputs[0])))
