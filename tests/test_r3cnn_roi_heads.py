@@ -709,6 +709,20 @@ def test_append_gt_with_and_without_objectness():
         assert torch.sigmoid(out.objectness_logits[2]) > 1 - 1e-6
 
 
+def test_append_gt_keeps_the_proposals_device():
+    """Every field is made on the proposals' device, the gt boxes moved there (the "meta" device
+    stands in for CUDA: mixing it with CPU tensors fails)."""
+    _, target = _one_image([[0.0, 0.0, 8.0, 8.0]])  # on the CPU
+    for with_logits in (False, True):
+        prop = Instances(IMAGE_SIZE, proposal_boxes=Boxes(torch.zeros(2, 4, device="meta")))
+        if with_logits:
+            prop.objectness_logits = torch.zeros(2, device="meta")
+        out = R3CNNROIHeads._append_gt([prop], [target])[0]
+        assert len(out) == 3
+        for value in (out.proposal_boxes.tensor, out.objectness_logits, out.from_gt):
+            assert value.device.type == "meta"
+
+
 def test_maskiou_with_a_class_agnostic_mask_reads_its_one_output():
     """A class-agnostic mask head (one mask for 3 classes): the MaskIoU head has one output, which
     every detection reads whatever its class, in training and at inference."""
