@@ -110,12 +110,15 @@ def test_no_loss_without_positive_targets():
     assert losses["loss_maskiou"] == 0
 
 
-def test_maskiou_loss_hand_computed_last_loop_only():
+@pytest.mark.parametrize("weight", [None, 0.25])
+def test_maskiou_loss_hand_computed_last_loop_only(weight):
     """Boxes inside the one gt box whose mask fills it, the mask predicted on the whole RoI
     (logit 5): each target is the box's IoU r (the RoI holds r of the instance). The loss is
     0.5 x mean (0.9 - r)^2 over the last loop's positives (r >= 0.7, and the gt box), the
-    ground-truth class's output (0.9; the others 0.1, 0.2) and no loop weight."""
-    cfg = _l_cfg(IOU_THRESHOLDS=[0.5, 0.6, 0.7], LOOP_LOSS_WEIGHTS=[1.0, 0.75, 0.3])
+    ground-truth class's output (0.9; the others 0.1, 0.2) and no loop weight. A
+    MASKIOU_LOSS_WEIGHT set in the config replaces the 0.5 (None: the default)."""
+    extra = {} if weight is None else {"MASKIOU_LOSS_WEIGHT": weight}
+    cfg = _l_cfg(IOU_THRESHOLDS=[0.5, 0.6, 0.7], LOOP_LOSS_WEIGHTS=[1.0, 0.75, 0.3], **extra)
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
     heads = build(cfg)
     zero_regression(heads)
@@ -129,7 +132,7 @@ def test_maskiou_loss_hand_computed_last_loop_only():
         _, losses = heads(None, {"p2": make_features()["p2"][:1]}, [prop], [target])
     assert [k for k in losses if "maskiou" in k] == ["loss_maskiou"]
     r = torch.tensor([0.75, 0.85, 1.0])
-    expected = 0.5 * ((0.9 - r) ** 2).mean()
+    expected = (0.5 if weight is None else weight) * ((0.9 - r) ** 2).mean()
     assert torch.allclose(losses["loss_maskiou"], expected, atol=1e-4)
 
 
