@@ -8,6 +8,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import StandardROIHeads, build_roi_heads
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -673,8 +674,33 @@ def test_untrained_flow_is_the_authors_mask_head():
 
 
 def test_both_flows_are_an_error():
-    with pytest.raises(ValueError, match="MASK_UNTRAINED_FLOW"):
+    with pytest.raises(ValueError, match=r"MODEL\.R3CNN\.MASK_INFO_FLOW \(our trained flow\) and "
+                       r"MASK_UNTRAINED_FLOW \(the authors' untrained one\) exclude each other"):
         build(make_cfg(MASK_INFO_FLOW=True, MASK_UNTRAINED_FLOW=True))
+
+
+class _MaskHeadWithoutDeconv(BaseMaskRCNNHead):
+    """A mask head that is not a MaskRCNNConvUpsampleHead: the flows have no deconv to read."""
+
+
+@pytest.mark.parametrize("flow", ["MASK_INFO_FLOW", "MASK_UNTRAINED_FLOW"])
+def test_flows_need_the_conv_upsample_mask_head(flow):
+    name = _MaskHeadWithoutDeconv.__name__
+    if name not in ROI_MASK_HEAD_REGISTRY:
+        ROI_MASK_HEAD_REGISTRY.register(_MaskHeadWithoutDeconv)
+    cfg = make_cfg(**{flow: True})
+    cfg.MODEL.ROI_MASK_HEAD.NAME = name
+    with pytest.raises(ValueError, match=r"MODEL\.R3CNN\.MASK_INFO_FLOW / MASK_UNTRAINED_FLOW need "
+                       r"MODEL\.ROI_MASK_HEAD\.NAME MaskRCNNConvUpsampleHead \(or a subclass\)"):
+        build(cfg)
+
+
+def test_one_training_loop_has_no_flow_to_learn():
+    """With one loop the trained flow would never see a previous pass: no flow conv is built."""
+    heads = build(make_cfg(MASK_INFO_FLOW=True, NUM_LOOPS_TRAIN=1, IOU_THRESHOLDS=[0.5],
+                           LOOP_LOSS_WEIGHTS=[1.0]))
+    assert heads.mask_flow_conv is None
+    assert build(make_cfg(MASK_INFO_FLOW=True)).mask_flow_conv is not None
 
 
 def test_mask_loss_weight_scales_every_loops_mask_loss():
@@ -980,7 +1006,16 @@ def test_config_errors(r3, message):
 def test_class_specific_regression_is_an_error():
     cfg = make_cfg()
     cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
-    with pytest.raises(ValueError, match="CLS_AGNOSTIC_BBOX_REG"):
+    with pytest.raises(ValueError, match=r"R3CNNROIHeads regresses class-agnostically \(one "
+                       r"regressor, all loops\): set MODEL\.ROI_BOX_HEAD\.CLS_AGNOSTIC_BBOX_REG True"):
+        build(cfg)
+
+
+def test_training_on_predicted_boxes_is_an_error():
+    cfg = make_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = True
+    with pytest.raises(ValueError, match=r"MODEL\.ROI_BOX_HEAD\.TRAIN_ON_PRED_BOXES has no meaning "
+                       r"in R3CNNROIHeads"):
         build(cfg)
 
 
