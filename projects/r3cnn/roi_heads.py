@@ -17,6 +17,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.modeling.roi_heads.mask_head import (
     BaseMaskRCNNHead,
     MaskRCNNConvUpsampleHead,
+    mask_rcnn_inference,
     mask_rcnn_loss,
 )
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
@@ -520,10 +521,13 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
                              [i.pred_boxes for i in instances])
         passes = self._mask_logits(x, self.num_loops_test)
         classes = cat([i.pred_classes for i in instances])  # one Instances per image
-        probs = torch.stack([self._class_mask_logits(p, classes).sigmoid() for p in passes])
-        probs = probs.mean(dim=0)[:, None]
-        for inst, prob in zip(instances, probs.split([len(i) for i in instances])):
-            inst.pred_masks = prob  # (R, 1, M, M), as Detectron2's mask_rcnn_inference
+        if len(passes) == 1:
+            mask_rcnn_inference(passes[0], instances)
+        else:
+            probs = torch.stack([self._class_mask_logits(p, classes).sigmoid() for p in passes])
+            probs = probs.mean(dim=0)[:, None]
+            for inst, prob in zip(instances, probs.split([len(i) for i in instances])):
+                inst.pred_masks = prob  # (R, 1, M, M), as Detectron2's mask_rcnn_inference
         if self.maskiou_head is not None:
             maskiou = self._maskiou_of_class(x, self._class_mask_logits(passes[-1], classes),
                                              classes)
