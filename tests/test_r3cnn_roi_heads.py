@@ -1014,9 +1014,83 @@ def test_class_specific_regression_is_an_error():
 def test_training_on_predicted_boxes_is_an_error():
     cfg = make_cfg()
     cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = True
-    with pytest.raises(ValueError, match=r"MODEL\.ROI_BOX_HEAD\.TRAIN_ON_PRED_BOXES has no meaning "
-                       r"in R3CNNROIHeads"):
+    with pytest.raises(ValueError, match=r"^MODEL\.ROI_BOX_HEAD\.TRAIN_ON_PRED_BOXES has no meaning "
+                       r"in R3CNNROIHeads$"):
         build(cfg)
+
+
+def test_maskiou_needs_the_mask_branch():
+    cfg = make_cfg(MASKIOU_ON=True)
+    cfg.MODEL.MASK_ON = False
+    with pytest.raises(ValueError, match=r"^MODEL\.R3CNN\.MASKIOU_ON needs MODEL\.MASK_ON$"):
+        build(cfg)
+
+
+def test_test_loops_must_be_positive():
+    """NUM_LOOPS_TEST 0 means "as in training" in the config; the heads themselves refuse 0."""
+    with pytest.raises(ValueError, match=r"^the number of test loops must be >= 1, got 0$"):
+        r3cnn.roi_heads.check_loop_config(3, 0, [0.5, 0.6, 0.7], [1.0, 0.5, 0.25])
+
+
+def test_training_needs_targets():
+    heads = build(make_cfg()).train()
+    with pytest.raises(AssertionError, match=r"^'targets' argument is required during training$"):
+        heads(None, make_features(), make_proposals(), None)
+
+
+def test_maskiou_head_is_built_from_its_keys():
+    """Every MASKIOU_* / LIGHT_HEAD / NONLOCAL key reaches the MaskIoU head: the layer shapes below
+    are worked out by hand from the keys (input: CHANNELS + 1 mask channel, 14x14 RoIs)."""
+    heads = build(make_cfg(MASKIOU_ON=True, MASKIOU_NUM_CONV=2, MASKIOU_CONV_DIM=8,
+                           MASKIOU_NUM_LIGHT_CONV=1, LIGHT_HEAD_KERNEL_SIZE=3,
+                           MASKIOU_NONLOCAL=True, NONLOCAL_KERNEL_SIZE=5, NONLOCAL_REDUCTION=4))
+    layers = heads.maskiou_head.layers
+    assert [type(m).__name__ for m in layers] == [
+        "Conv2d", "Conv2d", "NonLocalBlock2d", "Conv2d", "NonLocalBlock2d"]
+    assert layers[0].weight.shape == (8, CHANNELS + 1, 3, 3) and layers[0].stride == (1, 1)
+    assert layers[1].weight.shape == (8, 8, 3, 3) and layers[1].stride == (2, 2)
+    assert layers[2].theta.weight.shape == (2, 8, 5, 5)  # 8 channels // reduction 4, kernel 5
+    assert layers[3].weight.shape == (4, 8, 3, 3)  # one light conv halving 8, kernel 3
+    assert layers[4].theta.weight.shape == (1, 4, 5, 5)
+    assert heads.maskiou_head.maskiou.weight.shape == (3, 4 * 7 * 7)  # 3 classes, 14 -> 7
+    plain = build(make_cfg(MASKIOU_ON=True, MASKIOU_NONLOCAL=False, MASKIOU_NUM_LIGHT_CONV=2))
+    assert [type(m).__name__ for m in plain.maskiou_head.layers] == ["Conv2d"] * 4
+
+
+def test_two_training_loops_learn_the_flow():
+    heads = build(make_cfg(MASK_INFO_FLOW=True, NUM_LOOPS_TRAIN=2, IOU_THRESHOLDS=[0.5, 0.6],
+                           LOOP_LOSS_WEIGHTS=[1.0, 0.5]))
+    assert heads.mask_flow_conv is not None and heads.mask_flow_trained
+
+
+def test_refined_proposals_drop_empty_and_ground_truth_boxes_in_training():
+    """Zero deltas: each refined box is its proposal, clipped to the 64x64 image. A box outside
+    the image clips to an empty box and is dropped, ground truth or not; so is every box regressed
+    from a ground-truth RoI. An image without the ``from_gt`` field drops only the empty boxes."""
+    heads = build(make_cfg()).train()
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0], [70.0, 10.0, 90.0, 30.0],
+                          [5.0, 5.0, 20.0, 20.0], [2.0, 3.0, 12.0, 13.0]])
+    with_gt, without = Instances(IMAGE_SIZE), Instances(IMAGE_SIZE)
+    with_gt.proposal_boxes = Boxes(boxes.clone())
+    with_gt.from_gt = torch.tensor([False, False, True, False])
+    without.proposal_boxes = Boxes(boxes.clone())
+    predictions = (torch.zeros(8, 4), torch.zeros(8, 4))
+    refined = heads._refined_proposals(predictions, [with_gt, without])
+    assert torch.equal(refined[0].proposal_boxes.tensor, boxes[[0, 3]])
+    assert torch.equal(refined[1].proposal_boxes.tensor, boxes[[0, 2, 3]])
+    # At inference every box is kept (clipped), so that the loops' scores stay aligned.
+    refined = heads.eval()._refined_proposals(predictions, [with_gt, without])
+    clipped = boxes.clone()
+    clipped[1] = torch.tensor([64.0, 10.0, 64.0, 30.0])
+    assert torch.equal(refined[0].proposal_boxes.tensor, clipped)
+
+
+def test_refined_proposals_refuse_class_specific_boxes(monkeypatch):
+    heads = build(make_cfg()).train()
+    monkeypatch.setattr(heads.box_predictor, "predict_boxes", lambda p, props: [torch.zeros(3, 12)])
+    with pytest.raises(ValueError, match=r"^R3CNNROIHeads needs class-agnostic boxes \(R, 4\) from "
+                       r"the predictor, got \(3, 12\)$"):
+        heads._refined_proposals(None, make_proposals(n=3)[:1])
 
 
 def test_package_exports():
