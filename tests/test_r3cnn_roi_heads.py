@@ -695,12 +695,15 @@ def test_flows_need_the_conv_upsample_mask_head(flow):
         build(cfg)
 
 
-def test_one_training_loop_has_no_flow_to_learn():
+@pytest.mark.parametrize("loops, has_flow", [(1, False), (2, True), (3, True)])
+def test_the_trained_flow_needs_two_training_loops(loops, has_flow):
     """With one loop the trained flow would never see a previous pass: no flow conv is built."""
-    heads = build(make_cfg(MASK_INFO_FLOW=True, NUM_LOOPS_TRAIN=1, IOU_THRESHOLDS=[0.5],
-                           LOOP_LOSS_WEIGHTS=[1.0]))
-    assert heads.mask_flow_conv is None
-    assert build(make_cfg(MASK_INFO_FLOW=True)).mask_flow_conv is not None
+    heads = build(make_cfg(MASK_INFO_FLOW=True, NUM_LOOPS_TRAIN=loops,
+                           IOU_THRESHOLDS=[0.5, 0.6, 0.7][:loops],
+                           LOOP_LOSS_WEIGHTS=[1.0, 0.5, 0.25][:loops]))
+    assert (heads.mask_flow_conv is not None) is has_flow
+    if has_flow:
+        assert heads.mask_flow_trained
 
 
 def test_mask_loss_weight_scales_every_loops_mask_loss():
@@ -1055,12 +1058,6 @@ def test_maskiou_head_is_built_from_its_keys():
     assert heads.maskiou_head.maskiou.weight.shape == (3, 4 * 7 * 7)  # 3 classes, 14 -> 7
     plain = build(make_cfg(MASKIOU_ON=True, MASKIOU_NONLOCAL=False, MASKIOU_NUM_LIGHT_CONV=2))
     assert [type(m).__name__ for m in plain.maskiou_head.layers] == ["Conv2d"] * 4
-
-
-def test_two_training_loops_learn_the_flow():
-    heads = build(make_cfg(MASK_INFO_FLOW=True, NUM_LOOPS_TRAIN=2, IOU_THRESHOLDS=[0.5, 0.6],
-                           LOOP_LOSS_WEIGHTS=[1.0, 0.5]))
-    assert heads.mask_flow_conv is not None and heads.mask_flow_trained
 
 
 def test_refined_proposals_drop_empty_and_ground_truth_boxes_in_training():
