@@ -1,9 +1,10 @@
 """Running, child process: an eval-only ablation, one config key varied on the trained weights of
 one run; one record per value (with the run and config digest whose weights it evaluated)."""
+import datetime
 import os
 
 from coco_ap import metrics_from_results
-from records import read_json_or_none, write_json
+from records import machine_description, read_json_or_none, write_json
 from train_child import setup_cfg
 
 __all__ = ["child_ablation"]
@@ -32,6 +33,7 @@ def child_ablation(spec: dict) -> None:
         with EventStorage(0):
             results = Trainer.test(cfg, model)
         row = {"value": value, "run": spec["run"], "config_digest": spec["config_digest"],
+               "machine": machine_description(), "date": datetime.date.today().isoformat(),
                **metrics_from_results(results, out, cfg.DATASETS.TEST[0],
                                       cfg.TEST.DETECTIONS_PER_IMAGE)}
         write_json(path, row)

@@ -61,6 +61,10 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
             extras[name] = {**_entry(suite.models[name].label, suite.models[name].config, [r]),
                             "why": why}
     lr_sweep = {"grid": list(sweep.grid), "seed": seeds[0], "families": {}}
+    # every record the report shows: its machines and dates (a suite runs over several sessions)
+    shown = [r for e in (*models.values(), *extras.values()) for r in e["runs"].values()]
+    shown += [r for r in (planner.record(Run(m, seeds[0], lr)) for ms in sweep.baselines.values()
+                          for m in ms for lr in sweep.grid) if r is not None]
     for family, baselines in sweep.baselines.items():
         rows = {m: {f"{lr:g}": planner.box_ap(Run(m, seeds[0], lr)) for lr in sweep.grid}
                 for m in baselines}
@@ -74,6 +78,7 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
         if not all(m in models for m in p.models):
             continue
         speed = read_json_or_none(os.path.join(planner.records_dir, f"speed-{p.name}.json"))
+        shown += [speed] if speed else []
         # A diverged run stopped early and saw only the first batches: its digest is not compared.
         firsts = {m: models[m]["runs"].get(str(seeds[0])) or {} for m in p.models}
         digests = {m: r.get("data_digest") for m, r in firsts.items() if not r.get("diverged")}
@@ -92,6 +97,7 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
         main = planner.main_run(m, seeds[0], rates)
         r = planner.record(Run(m, seeds[0], main.lr, suite.long_factor)) if main.lr else None
         if r is not None and m in models:
+            shown.append(r)
             long_rows.append({"model": m, "label": suite.models[m].label, "max_iter": r["max_iter"],
                               "long": r["metrics"], "diverged": r.get("diverged"),
                               "command": r["command"]})
@@ -100,6 +106,7 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
         folder = os.path.join(planner.records_dir, f"ablation-{ab.name}")
         rows = [read_json_or_none(os.path.join(folder, f"{v}.json")) for v in ab.values]
         if all(rows):
+            shown += rows
             ablations.append({"name": ab.name, "title": ab.title, "model": ab.model, "key": ab.key,
                               "rows": rows})
     first = next(iter(models.values()), None)
@@ -109,9 +116,12 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
     datasets = sorted({(tuple(r["train_dataset"]), tuple(r["test_dataset"]))
                        for e in models.values() for r in e["runs"].values()})
     planned = [x for x in planner.pieces() if x.status != "done"]
+    dates = sorted({r["date"] for r in shown if r.get("date")})
     return {
         "suite": suite.name, "quick": quick, "command": command,
         "machine": machine_description(), "date": datetime.date.today().isoformat(),
+        "machines": sorted({r["machine"] for r in shown if r.get("machine")}),
+        "dates": dates[:1] + dates[1:][-1:],  # first and last day of the records shown
         "note": suite.note, "seeds": seeds,
         "complete": not planned,
         "missing": [f"{x.kind} {x.name} ({x.why}): {x.status}" for x in planned],

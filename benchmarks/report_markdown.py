@@ -129,6 +129,16 @@ def _long_lines(report: dict) -> list:
     return lines
 
 
+def _dates(report: dict) -> str:
+    """The days the shown records were made (a suite runs over several sessions), and the
+    report's own day when it differs."""
+    days = report.get("dates") or []
+    if not days:
+        return report["date"]
+    text = " to ".join(days)
+    return text if days[-1] == report["date"] else f"{text} (report written {report['date']})"
+
+
 def render_markdown(report: dict) -> str:
     """The README "Results" section: command, machine, date, the LR sweep, one table and sentence
     per pair (extra rows for diverged members at their own rate), the schedule check, the
@@ -142,8 +152,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         "## Results", "",
         f"- Command: `{report['command']}`",
-        f"- Machine: {report['machine']}",
-        f"- Date: {report['date']}",
+        f"- Machine: {'; '.join(report.get('machines') or [report['machine']])}",
+        f"- Date: {_dates(report)}",
         f"- Schedule: {' or '.join(map(str, s['max_iter']))} iterations at batch "
         f"{s['ims_per_batch']} ({data}); seeds {report['seeds']} (the pairs' seeded models over "
         "all seeds, mean ± std; the others on the first seed).",

@@ -2,6 +2,7 @@
 --quick run end to end (the LR sweep, one pair and one eval-only ablation), resumed."""
 import argparse
 import contextlib
+import datetime
 import io
 import json
 import os
@@ -447,10 +448,12 @@ def _planner(tmp_path) -> Planner:
     return Planner(suite, [1, 2], str(tmp_path / "records"), str(tmp_path / "work"))
 
 
-def _record(planner: Planner, run: Run, ap: Optional[float]) -> None:
+def _record(planner: Planner, run: Run, ap: Optional[float], date: str = "2020-01-01",
+            machine: str = "machine A") -> None:
     """A hand-made record of a finished run (box AP ``ap``; None: diverged)."""
     write_json(planner.record_path(run), {
-        "run": run.name, "model": run.model, "seed": run.seed, "lr": run.lr,
+        "run": run.name, "model": run.model, "seed": run.seed, "lr": run.lr, "date": date,
+        "machine": machine,
         "diverged": {"iteration": 50, "error": "NaN"} if ap is None else None,
         "metrics": {k: ap if k == "AP" else None for k in METRICS},
         "merged_config": planner.config_now(run), "config_digest": "d", "max_iter": 1500,
@@ -466,10 +469,16 @@ def test_the_plan_follows_the_sweep(tmp_path):
     assert ("other-lr?-seed1", "waiting (its family's rate: after the LR sweep)") in first
     # the sweep: 0.02 diverged, 0.01 best -> every member of the family at 0.01, and the sweep's
     # run of the baseline at 0.01 is its first seed (not trained twice)
-    for lr, ap in ((0.005, 20.0), (0.01, 30.0), (0.02, None)):
-        _record(planner, Run("base", 1, lr), ap)
+    for lr, ap, day, machine in ((0.005, 20.0, "2020-01-03", "machine B"),
+                                 (0.01, 30.0, "2020-01-01", "machine A"),
+                                 (0.02, None, "2020-01-02", "machine A")):
+        _record(planner, Run("base", 1, lr), ap, day, machine)
     assert planner.rates()["two_stage"][0] == 0.01
     md = render_markdown(aggregate(planner, "cmd", False))  # the sweep's report
+    # the machines and days of the records shown, not those of the process that wrote the report
+    assert "\n- Machine: machine A; machine B\n" in md
+    today = datetime.date.today().isoformat()
+    assert f"\n- Date: 2020-01-01 to 2020-01-03 (report written {today})\n" in md
     assert "| two-stage | Base | 20.0 | 30.0 | diverged |" in md
     assert ("- two-stage: BASE_LR 0.01; BASE_LR 0.01: highest box AP (0.005: 20.0, 0.01: 30.0; "
             "diverged at 0.02).") in md
