@@ -242,7 +242,10 @@ _EMBEDDED_PAIRS = (
          ("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive", "r3cnn_naive_dec", "r3cnn_L"),
          "R^3-CNN (increasing) beats Mask R-CNN and matches Cascade Mask R-CNN with the "
          "parameters of Mask R-CNN; decreasing thresholds are worse (R^3-CNN Table 1)",
-         metric="AP", headline=True, seeded=("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive")),
+         # Decreasing thresholds are seeded too: at seed 1 they beat increasing by 7.9 AP, against
+         # the paper's Table 1, and a claim against a paper needs the seeds' noise.
+         metric="AP", headline=True,
+         seeded=("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive", "r3cnn_naive_dec")),
     Pair("retinanet_vs_iou_aware", "RetinaNet and IoU-aware RetinaNet",
          ("retinanet", "iou_aware_retinanet", "iou_aware_retinanet_product"),
          "the IoU branch raises AP, most at high IoU (AP70-AP90) (IoU-aware Tables 3-4)",
