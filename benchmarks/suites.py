@@ -282,6 +282,10 @@ _EMBEDDED_PAIRS = (
 _EMBEDDED_ABLATIONS = (
     Ablation("r3cnn_loops", "R^3-CNN evaluation loops (R^3-CNN Table 2)", "r3cnn_naive",
              "MODEL.R3CNN.NUM_LOOPS_TEST", (1, 2, 3, 4, 5)),
+    # Where decreasing thresholds gain over increasing (seed 1: +7.9 AP, against Table 1): in the
+    # first loop, on the RPN's proposals, or in the loops that follow.
+    Ablation("r3cnn_loops_dec", "R^3-CNN evaluation loops, decreasing thresholds",
+             "r3cnn_naive_dec", "MODEL.R3CNN.NUM_LOOPS_TEST", (1, 2, 3)),
     Ablation("iou_aware_alpha",
              "IoU-aware RetinaNet confidence exponent alpha (IoU-aware Table 3; -1: p * IoU)",
              "iou_aware_retinanet", "MODEL.IOU_AWARE.ALPHA",
