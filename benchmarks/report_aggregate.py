@@ -14,7 +14,8 @@ from records import machine_description, read_json_or_none
 __all__ = ["aggregate"]
 
 # Fields of a record kept in the report (the merged config stays in the record).
-_RUN_FIELDS = ("run", "model", "seed", "lr", "factor", "command", "date", "machine", "git_commit",
+_RUN_FIELDS = ("run", "model", "seed", "lr", "factor", "command", "suite_command", "date",
+               "finished", "machine", "git_commit",
                "max_iter", "ims_per_batch", "base_lr", "train_dataset", "test_dataset",
                "diverged", "metrics", "params_total", "params_head", "head_module",
                "train_s_per_iter_median", "train_and_eval_wall_s", "peak_rss_mb", "data_digest",
@@ -42,7 +43,11 @@ def _entry(label: str, config: str, records: List[dict]) -> dict:
     return entry
 
 
-def aggregate(planner: Planner, command: str, quick: bool) -> dict:
+def aggregate(planner: Planner, command: Optional[str], quick: bool,
+              written_by: Optional[str] = None) -> dict:
+    """The report of the records committed so far. ``command``: the suite's command that made
+    them; None takes those the records carry (``suite_command``, in the order they were first
+    used), as for a report written apart from the run (``written_by``, ``run.py --report``)."""
     suite, seeds, sweep = planner.suite, planner.seeds, planner.suite.lr_sweep
     rates = planner.rates()
     models: Dict[str, dict] = {}
@@ -117,8 +122,15 @@ def aggregate(planner: Planner, command: str, quick: bool) -> dict:
                        for e in models.values() for r in e["runs"].values()})
     planned = [x for x in planner.pieces() if x.status != "done"]
     dates = sorted({r["date"] for r in shown if r.get("date")})
+    commands = [command]
+    if command is None:
+        made = sorted((r.get("finished") or r.get("date") or "", r["suite_command"])
+                      for r in shown if r.get("suite_command"))
+        commands = list(dict.fromkeys(c for _, c in made)) or [
+            f"python benchmarks/run.py --suite {suite.name}"]
     return {
-        "suite": suite.name, "quick": quick, "command": command,
+        "suite": suite.name, "quick": quick, "command": commands[-1], "commands": commands,
+        "written_by": written_by,
         "machine": machine_description(), "date": datetime.date.today().isoformat(),
         "machines": sorted({r["machine"] for r in shown if r.get("machine")}),
         "dates": dates[:1] + dates[1:][-1:],  # first and last day of the records shown

@@ -151,7 +151,10 @@ def render_markdown(report: dict) -> str:
                       for f, r in report["rates"].items())
     lines = [
         "## Results", "",
-        f"- Command: `{report['command']}`",
+        "- Command: " + ", then ".join(f"`{c}`" for c in report.get("commands")
+                                        or [report["command"]]) + (
+            f" (the records); this text: `{report['written_by']}`"
+            if report.get("written_by") else ""),
         f"- Machine: {'; '.join(report.get('machines') or [report['machine']])}",
         f"- Date: {_dates(report)}",
         f"- Schedule: {' or '.join(map(str, s['max_iter']))} iterations at batch "

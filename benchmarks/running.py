@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 from planning import Piece, Planner, format_duration
 from records import REPO, commit_files, read_json, set_aside, write_json
@@ -20,7 +20,7 @@ from report_aggregate import aggregate
 from report_markdown import render_markdown
 from suites import get_suite
 
-__all__ = ["make_planner", "print_plan", "run_suite"]
+__all__ = ["make_planner", "print_plan", "run_suite", "write_report"]
 
 RUN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
 
@@ -145,6 +145,8 @@ def run_suite(args) -> str:
     print_plan(planner, pieces, full=args.plan)
     if args.plan:
         return ""
+    if args.report:
+        return write_report(planner, args, None, written_by=command)
     for model in args.rerun:
         if model not in planner.suite.models:
             raise SystemExit(f"--rerun: unknown model {model!r}")
@@ -187,7 +189,14 @@ def run_suite(args) -> str:
     waiting = [p for p in pieces if p.status != "done"]
     for p in waiting:
         print(f"  not run: {p.kind} {p.name}: {p.status}")
-    report = aggregate(planner, command, args.quick)
+    return write_report(planner, args, command)
+
+
+def write_report(planner: Planner, args, command: Optional[str],
+                 written_by: Optional[str] = None) -> str:
+    """Write ``<results-dir>/<suite>[-<only>]-<date>.json`` and ``.md`` from the records
+    committed so far (partial, and saying so, while pieces are missing); the json's path."""
+    report = aggregate(planner, command, args.quick, written_by)
     os.makedirs(args.results_dir, exist_ok=True)
     only = "-" + "+".join(args.only) if args.only else ""  # a part of the suite: its own name
     base = os.path.join(args.results_dir, f"{planner.tag}{only}-{report['date']}")

@@ -25,6 +25,7 @@ from planning import Planner, Run  # noqa: E402
 from records import config_changes, config_dict, write_json  # noqa: E402
 from report_aggregate import aggregate  # noqa: E402
 from report_markdown import RESULTS_BEGIN, RESULTS_END, _verdict, render_markdown  # noqa: E402
+from running import write_report  # noqa: E402
 from suites import LRSweep, Model, Pair, Suite, get_suite  # noqa: E402
 from train_child import check_resumable  # noqa: E402
 
@@ -505,6 +506,32 @@ def test_the_plan_follows_the_sweep(tmp_path):
     write_json(planner.record_path(Run("base", 1, 0.005)), rec)
     assert dict(status())["base-lr0.005-seed1"] == (
         "stale (MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 512 -> 64)")
+
+
+def test_report_of_the_records_so_far(tmp_path):
+    """``run.py --report`` between sessions: the records' own suite command, the command that
+    wrote the text, and the pieces still missing."""
+    planner = _planner(tmp_path)
+    # the sweep's later runs came from a second command
+    for lr, ap, day, flags in ((0.02, 25.0, "2020-01-02", "--commit"),
+                               (0.005, 20.0, "2020-01-01", "--only lr_sweep"),
+                               (0.01, 30.0, "2020-01-02", "--commit")):
+        _record(planner, Run("base", 1, lr), ap, day)
+        rec = json.loads(open(planner.record_path(Run("base", 1, lr))).read())
+        rec["suite_command"] = f"python benchmarks/run.py --suite t {flags}"
+        write_json(planner.record_path(Run("base", 1, lr)), rec)
+    args = argparse.Namespace(results_dir=str(tmp_path / "results"), quick=False, only=[])
+    path = write_report(planner, args, None, written_by="python benchmarks/run.py --report")
+    assert os.path.basename(path) == f"t-{datetime.date.today().isoformat()}.json"
+    report = json.loads(open(path).read())
+    assert not report["complete"] and report["missing"] == [
+        "train other-lr0.01-seed1 (pair p): todo", "speed speed-p (pair p): waiting (its trainings)",
+        "train base-lr0.01-seed2 (seed 2 of pair p): todo"]
+    md = open(path[:-len(".json")] + ".md").read()
+    assert ("\n- Command: `python benchmarks/run.py --suite t --only lr_sweep`, then "
+            "`python benchmarks/run.py --suite t --commit` (the records); this text: "
+            "`python benchmarks/run.py --report`\n") in md
+    assert "Partial report: 3 pieces of the suite are missing" in md
 
 
 def test_extra_rows_and_the_schedule_check_are_rendered(quick):
