@@ -2,6 +2,7 @@
 one verdict sentence per pair under the suite's noise rule, and its placement between the README's
 markers."""
 import math
+from typing import Optional
 
 from coco_ap import METRICS
 
@@ -14,49 +15,60 @@ def _cell(mean, std=None, digits=1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
+def _difference(e: dict, base: dict, k: str, ref_std: Optional[float], ref_label: str,
+                label: str) -> str:
+    """``label`` with the difference of ``e`` to ``base`` on ``k`` and what the noise rule makes
+    of it (``ref_std``: the seed std standing in when ``base`` has one seed)."""
+    mean, std = e["mean"][k], e["std"][k]
+    b_mean, b_std = base["mean"][k], base["std"][k]
+    if e.get("diverged") or base.get("diverged"):
+        which = e if e.get("diverged") else base
+        its = ", ".join(f"seed {sd} at iteration {d['iteration']}"
+                        for sd, d in which["diverged"].items())
+        return f"{which['label']} diverged ({its})"
+    if mean is None or b_mean is None:
+        return f"{label}: no {k}"
+    d = mean - b_mean
+    if std is not None and b_std is not None:
+        noise = math.sqrt(std ** 2 + b_std ** 2)
+        what = ("a real gain" if d > 2 * noise else "a real loss" if d < -2 * noise
+                else "within seed noise")
+        return f"{label} {d:+.1f} {k} ({what}, {len(e['seeds'])} seeds)"
+    if ref_std is not None or std is not None:
+        noise = math.sqrt(2) * (ref_std if ref_std is not None else std)
+        source = ref_label if ref_std is not None else f"its {len(e['seeds'])} seeds"
+        what = "beyond" if abs(d) > 2 * noise else "within"
+        return f"{label} {d:+.1f} {k} (one seed; {what} twice the noise {source} show)"
+    return f"{label} {d:+.1f} {k} (one seed: not separable from noise)"
+
+
 def _verdict(report: dict, pair: dict) -> str:
     """One sentence: does the paper's effect appear at this scale (on ``pair['metric']``)?
 
     A difference is called real when it exceeds twice its seed noise: sqrt(std_a^2 + std_b^2) when
     both sides have seeds; sqrt(2) times the seeded side's std (or the ``noise_from`` model's, on
-    the same schedule) when one run stands against another."""
+    the same schedule) when one run stands against another. The pair's ``contrasts`` (a member
+    against another member, e.g. decreasing against increasing thresholds) follow the same rule."""
     k = pair["metric"]
-    base = report["models"][pair["baseline"]]
-    b_mean, b_std = base["mean"][k], base["std"][k]
+    models = report["models"]
+    base = models[pair["baseline"]]
+    b_std = base["std"][k]
     ref_std, ref_label = b_std, f"the baseline's {len(base['seeds'])} seeds"
-    ref = report["models"].get(pair.get("noise_from") or "")
+    ref = models.get(pair.get("noise_from") or "")
     if ref_std is None and ref is not None and ref["std"][k] is not None:
         ref_std, ref_label = ref["std"][k], f"{ref['label']}'s {len(ref['seeds'])} seeds"
-    parts = []
-    for m in pair["models"][1:]:
-        e = report["models"][m]
-        mean, std = e["mean"][k], e["std"][k]
-        if e.get("diverged") or base.get("diverged"):
-            which = e if e.get("diverged") else base
-            its = ", ".join(f"seed {sd} at iteration {d['iteration']}"
-                            for sd, d in which["diverged"].items())
-            parts.append(f"{which['label']} diverged ({its})")
-            continue
-        if mean is None or b_mean is None:
-            parts.append(f"{e['label']}: no {k}")
-            continue
-        d = mean - b_mean
-        if std is not None and b_std is not None:
-            noise = math.sqrt(std ** 2 + b_std ** 2)
-            what = ("a real gain" if d > 2 * noise else "a real loss" if d < -2 * noise
-                    else "within seed noise")
-            parts.append(f"{e['label']} {d:+.1f} {k} ({what}, {len(e['seeds'])} seeds)")
-        elif ref_std is not None or std is not None:
-            noise = math.sqrt(2) * (ref_std if ref_std is not None else std)
-            label = ref_label if ref_std is not None else f"its {len(e['seeds'])} seeds"
-            what = "beyond" if abs(d) > 2 * noise else "within"
-            parts.append(f"{e['label']} {d:+.1f} {k} (one seed; {what} twice the noise "
-                         f"{label} show)")
-        else:
-            parts.append(f"{e['label']} {d:+.1f} {k} (one seed: not separable from noise)")
+    parts = [_difference(models[m], base, k, ref_std, ref_label, models[m]["label"])
+             for m in pair["models"][1:]]
+    between = []
+    for m, other in pair.get("contrasts", []):
+        o = models[other]
+        o_std, o_label = ((o["std"][k], f"{o['label']}'s {len(o['seeds'])} seeds")
+                          if o["std"][k] is not None else (ref_std, ref_label))
+        between.append(_difference(models[m], o, k, o_std, o_label,
+                                   f"{models[m]['label']} against {o['label']}"))
     head = "Quick run (a few iterations): the numbers are meaningless. " if report["quick"] else ""
     return (f"{head}Paper: {pair['claim']}. Here, against {base['label']}: " + "; ".join(parts)
-            + ".")
+            + "." + (f" Between members: {'; '.join(between)}." if between else ""))
 
 
 _HEAD = ("| model | AP | AP50 | AP75 | AP60 | AP70 | AP80 | AP90 | mask AP | params (M) | "

@@ -139,8 +139,10 @@ def test_suite_check_rejects_mixed_families_and_stray_seeded_models():
     Suite("s", models, (Pair("p", "P", ("a", "c"), "claim"),)).check()
     with pytest.raises(ValueError, match="noise_from 'a' is not a seeded model"):
         Suite("s", models, (Pair("p", "P", ("a", "c"), "claim", noise_from="a"),)).check()
-    with pytest.raises(ValueError, match=r"seeded models \['b'\]"):
+    with pytest.raises(ValueError, match=r"seeded or contrasted models \['b'\]"):
         Suite("s", models, (Pair("p", "P", ("a", "c"), "c", seeded=("b",)),)).check()
+    with pytest.raises(ValueError, match=r"seeded or contrasted models \['b'\]"):
+        Suite("s", models, (Pair("p", "P", ("a", "c"), "c", contrasts=(("c", "b"),)),)).check()
 
 
 def test_interrupted_run_resumes_only_with_its_own_configuration(tmp_path):
@@ -193,6 +195,14 @@ def test_verdict_against_the_seed_noise():
     assert "Far +4.0 AP (one seed; beyond twice the noise Seeded's 3 seeds show)" in text  # 4>1.41
     assert "Near +2.0 AP (one seed; beyond" in text  # 2.0 > 2 * sqrt(2) * 0.5 = 1.41
     assert "not separable" in _verdict(report, {**pair, "models": ["base", "far"]})
+    # contrasts between members, by the same rule: one seed against a seeded member borrows its
+    # std (sqrt(2) * 0.5 = 0.71; 1.0 < 1.41), two single seeds the baseline's or noise_from's
+    text = _verdict(report, {**pair, "models": ["base", "far", "near", "seeded"],
+                             "noise_from": "seeded",
+                             "contrasts": [["far", "seeded"], ["far", "near"]]})
+    assert text.endswith(" Between members: Far against Seeded +1.0 AP (one seed; within twice "
+                         "the noise Seeded's 3 seeds show); Far against Near +2.0 AP (one seed; "
+                         "beyond twice the noise Seeded's 3 seeds show).")
 
 
 # ---------------------------------------------------------------------------------------------
