@@ -3,7 +3,9 @@ commit) goes to ``result.json`` in its OUTPUT_DIR when it is done.
 
 Both members of a pair see the same batches: the sampler order comes from ``SEED`` and the loader
 workers' augmentation seeds from a generator seeded with ``SEED``; each run stores a digest of the
-image ids and boxes it was fed. Peak memory is the peak resident set size of this process
+image ids and boxes it was fed. A run resumed from a checkpoint (a session ended) is fed the same
+batches as an uninterrupted one: Detectron2's resume restarts the loader's stream from its start,
+so the batches already trained on are drawn again and skipped first (their digest included). Peak memory is the peak resident set size of this process
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; data-loader workers not included).
 """
 import argparse
@@ -136,6 +138,14 @@ def child_train(spec: dict) -> None:
     trainer.register_hooks([timer])
     trainer.resume_or_load(resume=True)
     start_iter = trainer.start_iter
+    if start_iter > 0:
+        # Fast-forward the stream (same sampler indices and, with one worker, the same
+        # augmentation draws) past the start_iter batches the checkpoint has trained on.
+        logging.getLogger(__name__).info("Resumed at iteration %d: skipping the %d batches "
+                                         "already trained on", start_iter, start_iter)
+        batches = trainer._trainer._data_loader_iter
+        for _ in range(start_iter):
+            next(batches)
     t0 = time.perf_counter()
     diverged = None
     try:
@@ -169,8 +179,7 @@ def child_train(spec: dict) -> None:
         "train_s_per_iter_median": statistics.median(steps) if steps else None,
         "train_and_eval_wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "data_digest": (trainer.digest_loader.sha.hexdigest()
-                        if trainer.digest_loader and start_iter == 0 else None),
+        "data_digest": trainer.digest_loader.sha.hexdigest() if trainer.digest_loader else None,
         "config_digest": config_digest(merged),
         "merged_config": merged,
     }

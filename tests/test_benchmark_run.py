@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from coco_ap import METRICS, ap_at_iou, box_ap_at_ious  # noqa: E402
 from lr_sweep import TIE_AP, choose_rate, own_best_rate  # noqa: E402
-from planning import Planner, Run  # noqa: E402
+from planning import QUICK_OPTS, Planner, Run  # noqa: E402
 from records import config_changes, config_dict, write_json  # noqa: E402
 from report_aggregate import aggregate  # noqa: E402
 from report_markdown import RESULTS_BEGIN, RESULTS_END, _verdict, render_markdown  # noqa: E402
@@ -143,6 +143,37 @@ def test_suite_check_rejects_mixed_families_and_stray_seeded_models():
         Suite("s", models, (Pair("p", "P", ("a", "c"), "c", seeded=("b",)),)).check()
     with pytest.raises(ValueError, match=r"seeded or contrasted models \['b'\]"):
         Suite("s", models, (Pair("p", "P", ("a", "c"), "c", contrasts=(("c", "b"),)),)).check()
+
+
+def test_a_resumed_run_is_fed_the_batches_of_an_uninterrupted_one(tmp_path):
+    """Detectron2's resume restarts the loader's stream; the suite's training child skips the
+    batches the checkpoint has trained on, so a run cut after its checkpoint at iteration 2 and
+    resumed is fed the uninterrupted run's batches: the same digest of image ids and boxes."""
+    opts = QUICK_OPTS + ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+                         "DATALOADER.NUM_WORKERS", "1", "SOLVER.BASE_LR", "0.01", "SEED", "1"]
+    spec = {"run": "r", "suite": "t", "why": "test", "model": "fcos", "seed": 1, "lr": 0.01,
+            "factor": 1, "config": "configs/iou_aware/fcos_smallR_FPN_shapes.yaml", "opts": opts,
+            "suite_command": "cmd"}
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+
+    def train(out):
+        proc = subprocess.run([sys.executable, "benchmarks/run.py", "--child", "train",
+                               json.dumps({**spec, "output_dir": str(out)})],
+                              cwd=REPO, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out / "result.json").read_text()), proc.stderr
+
+    whole, _ = train(tmp_path / "whole")
+    assert whole["resumed_from_iter"] == 0 and whole["data_digest"]
+    # the same run, stopped after its checkpoint at iteration 2 (model_0000001.pth)
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    for name in ("model_final.pth", "result.json"):
+        (cut / name).unlink()
+    (cut / "last_checkpoint").write_text("model_0000001.pth")
+    resumed, log = train(cut)
+    assert resumed["resumed_from_iter"] == 2 and "skipping the 2 batches" in log
+    assert resumed["data_digest"] == whole["data_digest"]
 
 
 def test_interrupted_run_resumes_only_with_its_own_configuration(tmp_path):
