@@ -92,6 +92,7 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
                       "models": list(p.models), "claim": p.claim, "metric": p.metric,
                       "headline": p.headline, "noise_from": p.noise_from,
                       "contrasts": [list(c) for c in p.contrasts],
+                      "contrast_metric": p.contrast_metric,
                       "max_iter": models[p.models[0]]["max_iter"],
                       "lr": models[p.models[0]]["lr"],
                       "extras": [m for m in p.models if m in extras],
@@ -123,14 +124,14 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
                        for e in models.values() for r in e["runs"].values()})
     planned = [x for x in planner.pieces() if x.status != "done"]
     dates = sorted({r["date"] for r in shown if r.get("date")})
-    commands = [command]
+    commands = [command] if command else []
     if command is None:
         made = sorted((r.get("finished") or r.get("date") or "", r["suite_command"])
                       for r in shown if r.get("suite_command"))
-        commands = list(dict.fromkeys(c for _, c in made)) or [
-            f"python benchmarks/run.py --suite {suite.name}"]
+        commands = list(dict.fromkeys(c for _, c in made))
     return {
-        "suite": suite.name, "quick": quick, "command": commands[-1], "commands": commands,
+        "suite": suite.name, "quick": quick, "command": commands[-1] if commands else None,
+        "commands": commands,
         "written_by": written_by,
         "machine": machine_description(), "date": datetime.date.today().isoformat(),
         "machines": sorted({r["machine"] for r in shown if r.get("machine")}),

@@ -2,7 +2,7 @@
 one verdict sentence per pair under the suite's noise rule, and its placement between the README's
 markers."""
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 from coco_ap import METRICS
 
@@ -25,7 +25,8 @@ def _difference(e: dict, base: dict, k: str, ref_std: Optional[float], ref_label
         which = e if e.get("diverged") else base
         its = ", ".join(f"seed {sd} at iteration {d['iteration']}"
                         for sd, d in which["diverged"].items())
-        return f"{which['label']} diverged ({its})"
+        text = f"{which['label']} diverged ({its})"
+        return text if label == which["label"] else f"{label}: {text}"
     if mean is None or b_mean is None:
         return f"{label}: no {k}"
     d = mean - b_mean
@@ -42,30 +43,41 @@ def _difference(e: dict, base: dict, k: str, ref_std: Optional[float], ref_label
     return f"{label} {d:+.1f} {k} (one seed: not separable from noise)"
 
 
+def _reference(models: dict, pair: dict, k: str) -> Tuple[Optional[float], str]:
+    """The seed std a single-seed difference on ``k`` is judged by: the baseline's, else the
+    ``noise_from`` model's (None: no seeds to tell noise by)."""
+    base = models[pair["baseline"]]
+    ref = models.get(pair.get("noise_from") or "")
+    if base["std"][k] is None and ref is not None and ref["std"][k] is not None:
+        return ref["std"][k], f"{ref['label']}'s {len(ref['seeds'])} seeds"
+    return base["std"][k], f"the baseline's {len(base['seeds'])} seeds"
+
+
 def _verdict(report: dict, pair: dict) -> str:
     """One sentence: does the paper's effect appear at this scale (on ``pair['metric']``)?
 
     A difference is called real when it exceeds twice its seed noise: sqrt(std_a^2 + std_b^2) when
     both sides have seeds; sqrt(2) times the seeded side's std (or the ``noise_from`` model's, on
     the same schedule) when one run stands against another. The pair's ``contrasts`` (a member
-    against another member, e.g. decreasing against increasing thresholds) follow the same rule."""
+    against another member, e.g. decreasing against increasing thresholds) follow the same rule,
+    on ``contrast_metric`` (box AP: what the papers' ablations quote)."""
     k = pair["metric"]
     models = report["models"]
     base = models[pair["baseline"]]
-    b_std = base["std"][k]
-    ref_std, ref_label = b_std, f"the baseline's {len(base['seeds'])} seeds"
-    ref = models.get(pair.get("noise_from") or "")
-    if ref_std is None and ref is not None and ref["std"][k] is not None:
-        ref_std, ref_label = ref["std"][k], f"{ref['label']}'s {len(ref['seeds'])} seeds"
+    ref_std, ref_label = _reference(models, pair, k)
     parts = [_difference(models[m], base, k, ref_std, ref_label, models[m]["label"])
              for m in pair["models"][1:]]
     between = []
+    kc = pair.get("contrast_metric", "AP")
     for m, other in pair.get("contrasts", []):
-        o = models[other]
-        o_std, o_label = ((o["std"][k], f"{o['label']}'s {len(o['seeds'])} seeds")
-                          if o["std"][k] is not None else (ref_std, ref_label))
-        between.append(_difference(models[m], o, k, o_std, o_label,
-                                   f"{models[m]['label']} against {o['label']}"))
+        e, o = models[m], models[other]
+        if o["std"][kc] is not None:  # the seeded side's noise, whichever side it is
+            c_std, c_label = o["std"][kc], f"{o['label']}'s {len(o['seeds'])} seeds"
+        elif e["std"][kc] is not None:
+            c_std, c_label = None, ""  # _difference takes e's own
+        else:
+            c_std, c_label = _reference(models, pair, kc)
+        between.append(_difference(e, o, kc, c_std, c_label, f"{e['label']} against {o['label']}"))
     head = "Quick run (a few iterations): the numbers are meaningless. " if report["quick"] else ""
     return (f"{head}Paper: {pair['claim']}. Here, against {base['label']}: " + "; ".join(parts)
             + "." + (f" Between members: {'; '.join(between)}." if between else ""))
@@ -163,8 +175,9 @@ def render_markdown(report: dict) -> str:
                       for f, r in report["rates"].items())
     lines = [
         "## Results", "",
-        "- Command: " + ", then ".join(f"`{c}`" for c in report.get("commands")
-                                        or [report["command"]]) + (
+        "- Command: " + (", then ".join(f"`{c}`" for c in report.get("commands",
+                                                                      [report["command"]]))
+                         or "none yet (no record)") + (
             f" (the records); this text: `{report['written_by']}`"
             if report.get("written_by") else ""),
         f"- Machine: {'; '.join(report.get('machines') or [report['machine']])}",

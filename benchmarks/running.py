@@ -189,7 +189,8 @@ def run_suite(args) -> str:
     waiting = [p for p in pieces if p.status != "done"]
     for p in waiting:
         print(f"  not run: {p.kind} {p.name}: {p.status}")
-    return write_report(planner, args, command)
+    # the commands of the records (a suite runs over several sessions), and this one's
+    return write_report(planner, args, None, written_by=command)
 
 
 def write_report(planner: Planner, args, command: Optional[str],

@@ -5,7 +5,8 @@ Both members of a pair see the same batches: the sampler order comes from ``SEED
 workers' augmentation seeds from a generator seeded with ``SEED``; each run stores a digest of the
 image ids and boxes it was fed. A run resumed from a checkpoint (a session ended) is fed the same
 batches as an uninterrupted one: Detectron2's resume restarts the loader's stream from its start,
-so the batches already trained on are drawn again and skipped first (their digest included). Peak memory is the peak resident set size of this process
+so the batches already trained on are drawn again and skipped first (their digest included).
+Peak memory is the peak resident set size of this process
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; data-loader workers not included).
 """
 import argparse
@@ -139,8 +140,10 @@ def child_train(spec: dict) -> None:
     trainer.resume_or_load(resume=True)
     start_iter = trainer.start_iter
     if start_iter > 0:
-        # Fast-forward the stream (same sampler indices and, with one worker, the same
-        # augmentation draws) past the start_iter batches the checkpoint has trained on.
+        # Fast-forward the stream past the start_iter batches the checkpoint has trained on: the
+        # same sampler indices and augmentation draws (the loader's workers take turns in a fixed
+        # order, each seeded from SEED). Killed during the final evaluation, the run loads all
+        # its batches again for nothing but its digest (a minute or two).
         logging.getLogger(__name__).info("Resumed at iteration %d: skipping the %d batches "
                                          "already trained on", start_iter, start_iter)
         batches = trainer._trainer._data_loader_iter

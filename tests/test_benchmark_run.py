@@ -226,14 +226,26 @@ def test_verdict_against_the_seed_noise():
     assert "Far +4.0 AP (one seed; beyond twice the noise Seeded's 3 seeds show)" in text  # 4>1.41
     assert "Near +2.0 AP (one seed; beyond" in text  # 2.0 > 2 * sqrt(2) * 0.5 = 1.41
     assert "not separable" in _verdict(report, {**pair, "models": ["base", "far"]})
-    # contrasts between members, by the same rule: one seed against a seeded member borrows its
-    # std (sqrt(2) * 0.5 = 0.71; 1.0 < 1.41), two single seeds the baseline's or noise_from's
+    # contrasts between members, by the same rule: one seed against a seeded member borrows the
+    # seeded side's std, whichever side it is on (sqrt(2) * 0.5 = 0.71; 1.0 < 1.41), two single
+    # seeds the baseline's or noise_from's
     text = _verdict(report, {**pair, "models": ["base", "far", "near", "seeded"],
                              "noise_from": "seeded",
-                             "contrasts": [["far", "seeded"], ["far", "near"]]})
+                             "contrasts": [["far", "seeded"], ["seeded", "far"], ["far", "near"]]})
     assert text.endswith(" Between members: Far against Seeded +1.0 AP (one seed; within twice "
-                         "the noise Seeded's 3 seeds show); Far against Near +2.0 AP (one seed; "
-                         "beyond twice the noise Seeded's 3 seeds show).")
+                         "the noise Seeded's 3 seeds show); Seeded against Far -1.0 AP (one seed; "
+                         "within twice the noise its 3 seeds show); Far against Near +2.0 AP (one "
+                         "seed; beyond twice the noise Seeded's 3 seeds show).")
+    # ... on box AP whatever the pair's metric, and a diverged side is named as such
+    for m, ap80 in (("base", 30.0), ("far", 20.0), ("seeded", 31.0)):
+        report["models"][m]["mean"]["AP80"], report["models"][m]["std"]["AP80"] = ap80, None
+    report["models"]["near"]["diverged"] = {"1": {"iteration": 7}}
+    text = _verdict(report, {**pair, "metric": "AP80", "models": ["base", "far"],
+                             "noise_from": "seeded", "contrasts": [["far", "seeded"],
+                                                                   ["far", "near"]]})
+    assert text.endswith(" Between members: Far against Seeded +1.0 AP (one seed; within twice "
+                         "the noise Seeded's 3 seeds show); Far against Near: Near diverged (seed "
+                         "1 at iteration 7).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +390,23 @@ def test_quick_resumes_without_retraining(quick):
     assert "Left: 0 trainings, 0 speed comparisons, 0 ablations" in log
     assert "Starting training" not in log
     assert {p: p.stat().st_mtime for p in before} == before
+
+
+def test_report_writes_the_records_report_and_runs_nothing(quick, tmp_path):
+    tmp, _, path = quick
+    before = {p: p.stat().st_mtime for p in (tmp / "work" / "records").rglob("*.json")}
+    log = _run(tmp, "--report", "--results-dir", str(tmp_path))
+    assert "Starting training" not in log and "[1/" not in log
+    assert {p: p.stat().st_mtime for p in before} == before
+    (written,) = tmp_path.glob("embedded-quick-*.md")
+    md = written.read_text()
+    # the records' command (the fixture's run), then the one that wrote this text
+    assert "\n- Command: `python benchmarks/run.py --suite embedded --quick --only " in md
+    assert " (the records); this text: `python benchmarks/run.py --suite embedded --quick " in md
+    assert f"--report --results-dir {tmp_path}`\n" in md
+    # the same tables as the run's own report
+    assert md.split("\n- Machine:")[1] == path.with_suffix(".md").read_text().split(
+        "\n- Machine:")[1]
 
 
 def test_a_fresh_clone_resumes_from_the_records(quick, tmp_path):
