@@ -24,14 +24,20 @@ COLUMNS = [("box AP", "bbox/AP"), ("AP50", "bbox/AP50"), ("AP75", "bbox/AP75"),
            ("mask AP", "segm/AP"), ("Spearman(score, IoU)", "loc_quality/spearman")]
 
 
+def _metrics_rows(output_dir: str) -> List[Dict]:
+    """The rows of ``OUTPUT_DIR/metrics.json``, one JSON object per line."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: is {output_dir} a train_net.py "
+                                "OUTPUT_DIR?")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def final_evaluation(output_dir: str) -> Optional[Dict]:
     """The last metrics.json row with evaluation results, plus ``iteration`` of the last
     training row; None when the run has not been evaluated."""
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: is {output_dir} a train_net.py OUTPUT_DIR?")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = _metrics_rows(output_dir)
     evals = [r for r in rows if "bbox/AP" in r]
     train = [r for r in rows if "total_loss" in r]
     if not evals:
@@ -42,15 +48,9 @@ def final_evaluation(output_dir: str) -> Optional[Dict]:
 def training_means(output_dir: str, keys: List[str], last: int) -> Dict[str, Optional[float]]:
     """Mean of each key over the logged training rows of the last ``last`` iterations (None: the
     key is in none of them)."""
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: is {output_dir} a train_net.py "
-                                "OUTPUT_DIR?")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    train = [r for r in rows if "total_loss" in r]
+    train = [r for r in _metrics_rows(output_dir) if "total_loss" in r]
     if not train:
-        raise ValueError(f"{path} has no training row")
+        raise ValueError(f"{os.path.join(output_dir, 'metrics.json')} has no training row")
     end = max(r["iteration"] for r in train)
     tail = [r for r in train if r["iteration"] > end - last]
     means = {}

@@ -124,11 +124,12 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
                        for e in models.values() for r in e["runs"].values()})
     planned = [x for x in planner.pieces() if x.status != "done"]
     dates = sorted({r["date"] for r in shown if r.get("date")})
-    commands = [command] if command else []
     if command is None:
         made = sorted((r.get("finished") or r.get("date") or "", r["suite_command"])
                       for r in shown if r.get("suite_command"))
         commands = list(dict.fromkeys(c for _, c in made))
+    else:
+        commands = [command]
     return {
         "suite": suite.name, "quick": quick, "command": commands[-1] if commands else None,
         "commands": commands,

@@ -146,7 +146,7 @@ def run_suite(args) -> str:
     if args.plan:
         return ""
     if args.report:
-        return write_report(planner, args, None, written_by=command)
+        return write_report(planner, args, written_by=command)
     for model in args.rerun:
         if model not in planner.suite.models:
             raise SystemExit(f"--rerun: unknown model {model!r}")
@@ -190,14 +190,14 @@ def run_suite(args) -> str:
     for p in waiting:
         print(f"  not run: {p.kind} {p.name}: {p.status}")
     # the commands of the records (a suite runs over several sessions), and this one's
-    return write_report(planner, args, None, written_by=command)
+    return write_report(planner, args, written_by=command)
 
 
-def write_report(planner: Planner, args, command: Optional[str],
-                 written_by: Optional[str] = None) -> str:
+def write_report(planner: Planner, args, written_by: Optional[str] = None) -> str:
     """Write ``<results-dir>/<suite>[-<only>]-<date>.json`` and ``.md`` from the records
-    committed so far (partial, and saying so, while pieces are missing); the json's path."""
-    report = aggregate(planner, command, args.quick, written_by)
+    committed so far (partial, and saying so, while pieces are missing), naming the commands the
+    records carry and ``written_by``; the json's path."""
+    report = aggregate(planner, None, args.quick, written_by)
     os.makedirs(args.results_dir, exist_ok=True)
     only = "-" + "+".join(args.only) if args.only else ""  # a part of the suite: its own name
     base = os.path.join(args.results_dir, f"{planner.tag}{only}-{report['date']}")

@@ -591,7 +591,7 @@ def test_report_of_the_records_so_far(tmp_path):
         rec["suite_command"] = f"python benchmarks/run.py --suite t {flags}"
         write_json(planner.record_path(Run("base", 1, lr)), rec)
     args = argparse.Namespace(results_dir=str(tmp_path / "results"), quick=False, only=[])
-    path = write_report(planner, args, None, written_by="python benchmarks/run.py --report")
+    path = write_report(planner, args, written_by="python benchmarks/run.py --report")
     assert os.path.basename(path) == f"t-{datetime.date.today().isoformat()}.json"
     report = json.loads(open(path).read())
     assert not report["complete"] and report["missing"] == [
