@@ -4,8 +4,9 @@ long the rest should take.
 
 Order: (1) the LR sweep of each family's baselines; then, for the families whose rate is chosen,
 (2) pair by pair, every member with the first seed, the pair's speed and its ablations; (3) the
-seeded models with the other seeds; (4) the long-schedule check; (5) a member that diverged at its
-family's rate, at the other rates of the grid (its own best one is an extra row).
+seeded models with the other seeds, pair by pair, the cheapest pair first; (4) the long-schedule
+check; (5) a member that diverged at its family's rate, at the other rates of the grid (its own
+best one is an extra row).
 """
 import os
 import statistics
@@ -217,9 +218,17 @@ class Planner:
                 train(self.main_run(a.model, seeds[0], rates), f"ablation {a.name}")
                 pieces.append(Piece("ablation", f"ablation {a.name}", ablation=a,
                                     runs={a.model: self.main_run(a.model, seeds[0], rates)}))
-        # (3) the other seeds
-        for seed in seeds[1:]:
-            for p in suite.pairs:
+        # (3) the other seeds, pair by pair, so that one session's pieces finish whole verdicts
+        # (mean ± std of every seeded member) rather than one more seed of every pair; the
+        # cheapest pair first (its seeded models' estimated time per seed).
+        timings = self.timings()
+
+        def per_seed_s(p: Pair) -> float:
+            return sum(self.estimate_s(Piece("train", "", run=self.main_run(m, seeds[0], rates)),
+                                       timings)[0] for m in p.models_over_seeds())
+
+        for p in sorted((p for p in suite.pairs if p.models_over_seeds()), key=per_seed_s):
+            for seed in seeds[1:]:
                 for m in p.models_over_seeds():
                     train(self.main_run(m, seed, rates), f"seed {seed} of pair {p.name}")
         # (4) the long-schedule check

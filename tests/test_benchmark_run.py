@@ -578,6 +578,33 @@ def test_the_plan_follows_the_sweep(tmp_path):
         "stale (MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE: 512 -> 64)")
 
 
+def test_other_seeds_come_pair_by_pair_cheapest_first(tmp_path):
+    """Seeds 2.. of a pair run together, so a session that stops mid-suite leaves whole pairs
+    (every seeded member over every seed), the cheapest pair (its seeded models' estimated time
+    per seed, from the records' s/iteration) first, whatever the order the suite lists them in."""
+    models = {m: Model(m, "configs/baselines/faster_rcnn_smallR_FPN_shapes.yaml", m.title())
+              for m in ("base", "slow", "quick")}
+    suite = Suite("t", models,
+                  (Pair("big", "Big", ("base", "slow"), "claim", seeded=("base", "slow")),
+                   Pair("small", "Small", ("base", "quick"), "claim", seeded=("quick",))),
+                  seeds=(1, 2, 3), lr_sweep=LRSweep(GRID, {"two_stage": ("base",)}))
+    suite.check()
+    planner = Planner(suite, [1, 2, 3], str(tmp_path / "records"), str(tmp_path / "work"))
+    for lr, ap in zip(GRID, (20.0, 30.0, 25.0)):
+        _record(planner, Run("base", 1, lr), ap)
+    # measured: base and slow 1 s/iteration, quick 0.1 (1500 iterations, 60 s besides)
+    for m in ("slow", "quick"):
+        _record(planner, Run(m, 1, 0.01), 30.0)
+    for m, s in (("base", 1.0), ("slow", 1.0), ("quick", 0.1)):
+        rec = json.loads(open(planner.record_path(Run(m, 1, 0.01))).read())
+        rec.update(train_s_per_iter_median=s, train_and_eval_wall_s=1500 * s + 60)
+        write_json(planner.record_path(Run(m, 1, 0.01)), rec)
+    # big costs 1560 + 1560 s a seed, small 210 s: small's seeds 2 and 3 first
+    assert [p.name for p in planner.pieces() if p.why.startswith("seed")] == [
+        "quick-lr0.01-seed2", "quick-lr0.01-seed3", "base-lr0.01-seed2", "slow-lr0.01-seed2",
+        "base-lr0.01-seed3", "slow-lr0.01-seed3"]
+
+
 def test_report_of_the_records_so_far(tmp_path):
     """``run.py --report`` between sessions: the records' own suite command, the command that
     wrote the text, and the pieces still missing."""
