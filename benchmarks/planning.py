@@ -148,19 +148,31 @@ class Planner:
         return True, (None if r.get("diverged") else r["metrics"]["AP"])
 
     # -- the protocol ----------------------------------------------------------------------------
+    def diverged_later(self, model: str, lr: float) -> List[int]:
+        """The seeds after the first at which ``model`` diverged at ``lr``."""
+        return [s for s in self.seeds[1:] if self.box_ap(Run(model, s, lr)) == (True, None)]
+
     def sweep_results(self, models) -> Dict[Tuple[str, float], Optional[float]]:
+        """(model, rate) -> first-seed box AP; None when the model diverged there at any seed: a
+        rate that trains one seed and not another is no rate to compare methods at."""
         out = {}
         for m in models:
             for lr in self.suite.lr_sweep.grid:
                 done, ap = self.box_ap(Run(m, self.seeds[0], lr))
                 if done:
-                    out[(m, lr)] = ap
+                    out[(m, lr)] = None if self.diverged_later(m, lr) else ap
         return out
 
     def family_rate(self, family: str) -> Tuple[Optional[float], str]:
         sweep = self.suite.lr_sweep
         baselines = sweep.baselines[family]
-        return choose_rate(sweep.grid, baselines, self.sweep_results(baselines))
+        lr, why = choose_rate(sweep.grid, baselines, self.sweep_results(baselines))
+        later = [f"{m} at {r:g} with seed {', '.join(map(str, seeds))}" for m in baselines
+                 for r in sweep.grid for seeds in [self.diverged_later(m, r)] if seeds]
+        if later:
+            why += ("; a rate is out when a baseline diverges there with any seed: "
+                    + "; ".join(later))
+        return lr, why
 
     def rates(self) -> Dict[str, Tuple[Optional[float], str]]:
         return {f: self.family_rate(f) for f in self.suite.lr_sweep.baselines}

@@ -605,6 +605,24 @@ def test_other_seeds_come_pair_by_pair_cheapest_first(tmp_path):
         "base-lr0.01-seed3", "slow-lr0.01-seed3"]
 
 
+def test_a_rate_a_baseline_diverges_at_with_a_later_seed_is_out(tmp_path):
+    """The sweep (seed 1) picks 0.02; the seeded baseline then diverges there with seed 2: the
+    family moves to the best remaining rate, 0.01, and its members are planned there."""
+    planner = _planner(tmp_path)
+    for lr, ap in zip(GRID, (20.0, 30.0, 35.0)):
+        _record(planner, Run("base", 1, lr), ap)
+    assert planner.rates()["two_stage"][0] == 0.02
+    _record(planner, Run("base", 2, 0.02), None)
+    rate, why = planner.rates()["two_stage"]
+    assert rate == 0.01
+    assert why == ("BASE_LR 0.01: highest box AP (0.005: 20.0, 0.01: 30.0; diverged at 0.02); a "
+                   "rate is out when a baseline diverges there with any seed: base at 0.02 with "
+                   "seed 2")
+    assert [(p.name, p.status) for p in planner.pieces()[3:]] == [
+        ("other-lr0.01-seed1", "todo"), ("speed-p", "waiting (its trainings)"),
+        ("base-lr0.01-seed2", "todo")]
+
+
 def test_report_of_the_records_so_far(tmp_path):
     """``run.py --report`` between sessions: the records' own suite command, the command that
     wrote the text, and the pieces still missing."""
