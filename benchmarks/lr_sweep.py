@@ -3,7 +3,9 @@ of its baselines, and which rate is a diverged member's own best.
 
 The rule (benchmarks/README.md, "Protocol"):
 
-* A rate at which any baseline of the family diverged (Detectron2's Inf/NaN check) is out.
+* A rate at which any baseline of the family diverged (Detectron2's Inf/NaN check) is out, with
+  any seed: ``Planner.sweep_results`` reports a first-seed result as diverged when a later seed of
+  the same baseline diverged at that rate.
 * Of the others, the family takes the rate with the highest box AP averaged over its baselines
   (two-stage: Faster R-CNN and Mask R-CNN, whose box branches are the same network; single-stage:
   RetinaNet alone). When one rate is the best of every baseline, it is also the best of the mean,
