@@ -75,7 +75,9 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
                 for m in baselines}
         lr_sweep["families"][family] = {
             "rate": rates[family][0], "why": rates[family][1],
-            "rows": {m: {lr: ({"done": d, "AP": ap}) for lr, (d, ap) in row.items()}
+            "rows": {m: {lr: {"done": d, "AP": ap,
+                              "diverged_later": planner.diverged_later(m, float(lr))}
+                         for lr, (d, ap) in row.items()}
                      for m, row in rows.items()},
             "labels": {m: suite.models[m].label for m in baselines}}
     pairs = []

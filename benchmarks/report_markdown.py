@@ -104,13 +104,15 @@ def _sweep_lines(report: dict) -> list:
     lines = ["### Learning-rate sweep", "",
              f"Box AP of each family's baselines at each BASE_LR (batch "
              f"{report['schedule']['ims_per_batch']}, seed {sweep['seed']}); the family's rate "
-             "is the one with the highest mean (benchmarks/README.md).", "",
+             "is the one with the highest mean, of those at which no baseline diverged with "
+             "any seed (benchmarks/README.md).", "",
              "| family | baseline | " + " | ".join(f"BASE_LR {g}" for g in grid) + " |",
              "|" + "---|" * (2 + len(grid))]
     for family, f in sweep["families"].items():
         for m, row in f["rows"].items():
-            cells = [("diverged" if c["AP"] is None else f"{c['AP']:.1f}") if c["done"] else "-"
-                     for c in (row[g] for g in grid)]
+            cells = [(("diverged" if c["AP"] is None else f"{c['AP']:.1f}")
+                      + "".join(f" (seed {sd} diverged)" for sd in c.get("diverged_later", [])))
+                     if c["done"] else "-" for c in (row[g] for g in grid)]
             lines.append(f"| {family.replace('_', '-')} | {f['labels'][m]} | "
                          + " | ".join(cells) + " |")
     lines.append("")

@@ -330,8 +330,8 @@ SUITES: Dict[str, Suite] = {
         long_schedule=("mask_rcnn", "r3cnn_naive"), long_factor=3,
         note="Protocol (benchmarks/README.md): every model trains the configs' 1500 iterations "
              "at batch 4, at its family's BASE_LR, the rate of the grid {0.005, 0.01, 0.02} at "
-             "which the family's baselines reached the highest mean box AP (seed 1); a member "
-             "that diverges at it also has an extra, marked row at its own best rate of the "
+             "which the family's baselines reached the highest mean box AP (seed 1), of the rates "
+             "at which no baseline diverged with any seed; a member that diverges at it also has an extra, marked row at its own best rate of the "
              "grid. Seeded models: mean ± std over seeds 1-3; the others seed 1, with the seed "
              "noise of a seeded model of the pair or of its family (noise_from)."),
 }

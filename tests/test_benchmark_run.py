@@ -618,6 +618,8 @@ def test_a_rate_a_baseline_diverges_at_with_a_later_seed_is_out(tmp_path):
     assert why == ("BASE_LR 0.01: highest box AP (0.005: 20.0, 0.01: 30.0; diverged at 0.02); a "
                    "rate is out when a baseline diverges there with any seed: base at 0.02 with "
                    "seed 2")
+    md = render_markdown(aggregate(planner, "cmd", False))
+    assert "| two-stage | Base | 20.0 | 30.0 | 35.0 (seed 2 diverged) |" in md
     assert [(p.name, p.status) for p in planner.pieces()[3:]] == [
         ("other-lr0.01-seed1", "todo"), ("speed-p", "waiting (its trainings)"),
         ("base-lr0.01-seed2", "todo")]
