@@ -232,8 +232,9 @@ class Planner:
                                     runs={a.model: self.main_run(a.model, seeds[0], rates)}))
         # (3) the other seeds, pair by pair, so that one session's pieces finish whole verdicts
         # (mean ± std of every seeded member) rather than one more seed of every pair; the
-        # cheapest pair first (its seeded models' estimated time per seed).
-        timings = self.timings()
+        # cheapest pair first (its seeded models' estimated time per seed). The estimate uses the
+        # first seed's records only, so the order stays put as the other seeds' records come in.
+        timings = self.timings(first_seed_only=True)
 
         def per_seed_s(p: Pair) -> float:
             return sum(self.estimate_s(Piece("train", "", run=self.main_run(m, seeds[0], rates)),
@@ -307,14 +308,17 @@ class Planner:
         return out
 
     # -- time ------------------------------------------------------------------------------------
-    def timings(self) -> Dict[str, Tuple[float, float]]:
+    def timings(self, first_seed_only: bool = False) -> Dict[str, Tuple[float, float]]:
         """model -> (median s/iteration, median seconds of a run besides its iterations), from
-        this suite's records, else from the reports in benchmarks/results/*.json."""
+        this suite's records (``first_seed_only``: the first seed's), else from the reports in
+        benchmarks/results/*.json."""
         per_model: Dict[str, List[Tuple[float, float]]] = {}
 
         def add(model, r):
             s, wall, iters = (r.get("train_s_per_iter_median"), r.get("train_and_eval_wall_s"),
                               r.get("max_iter"))
+            if first_seed_only and r.get("seed") != self.seeds[0]:
+                return
             if s and wall and iters and not r.get("diverged") and not r.get("resumed_from_iter"):
                 per_model.setdefault(model, []).append((s, max(wall - s * iters, 0.0)))
 

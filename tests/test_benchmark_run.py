@@ -592,17 +592,27 @@ def test_other_seeds_come_pair_by_pair_cheapest_first(tmp_path):
     planner = Planner(suite, [1, 2, 3], str(tmp_path / "records"), str(tmp_path / "work"))
     for lr, ap in zip(GRID, (20.0, 30.0, 25.0)):
         _record(planner, Run("base", 1, lr), ap)
-    # measured: base and slow 1 s/iteration, quick 0.1 (1500 iterations, 60 s besides)
+    # measured: base and slow 1 s/iteration, quick 1.2 (1500 iterations, 60 s besides)
     for m in ("slow", "quick"):
         _record(planner, Run(m, 1, 0.01), 30.0)
-    for m, s in (("base", 1.0), ("slow", 1.0), ("quick", 0.1)):
+    for m, s in (("base", 1.0), ("slow", 1.0), ("quick", 1.2)):
         rec = json.loads(open(planner.record_path(Run(m, 1, 0.01))).read())
         rec.update(train_s_per_iter_median=s, train_and_eval_wall_s=1500 * s + 60)
         write_json(planner.record_path(Run(m, 1, 0.01)), rec)
-    # big costs 1560 + 1560 s a seed, small 210 s: small's seeds 2 and 3 first
+    # big costs 1560 + 1560 s a seed, small 1860 s: small's seeds 2 and 3 first
     assert [p.name for p in planner.pieces() if p.why.startswith("seed")] == [
         "quick-lr0.01-seed2", "quick-lr0.01-seed3", "base-lr0.01-seed2", "slow-lr0.01-seed2",
         "base-lr0.01-seed3", "slow-lr0.01-seed3"]
+    # big's seed 2, trained fast (a quiet machine), does not reorder the pairs (with it the
+    # medians would make big 2 x 810 s, below small's 1860): the estimate that orders them reads
+    # the first seed's records
+    for m in ("base", "slow"):
+        _record(planner, Run(m, 2, 0.01), 30.0)
+        rec = json.loads(open(planner.record_path(Run(m, 2, 0.01))).read())
+        rec.update(train_s_per_iter_median=0.001, train_and_eval_wall_s=1.5 + 60)
+        write_json(planner.record_path(Run(m, 2, 0.01)), rec)
+    assert [p.name for p in planner.pieces() if p.why.startswith("seed") and p.status != "done"] == [
+        "quick-lr0.01-seed2", "quick-lr0.01-seed3", "base-lr0.01-seed3", "slow-lr0.01-seed3"]
 
 
 def test_a_rate_a_baseline_diverges_at_with_a_later_seed_is_out(tmp_path):
