@@ -41,4 +41,3 @@ def test_a_run_without_training_rows_is_an_error(tmp_path):
         training_means(str(tmp_path / "eval_only"), ["acc"], 10)
     with pytest.raises(FileNotFoundError, match="train_net.py OUTPUT_DIR"):
         training_means(str(tmp_path / "missing"), ["acc"], 10)
-
