@@ -37,14 +37,18 @@ def _inputs():
              "height": 128, "width": 96}]
 
 
-def test_mean_scores_last_boxes_is_detectron2_inference():
-    model = _model()
+def _detectron2_and_ours(model, scores_from):
+    """(Detectron2's inference, the tool's scores of ``scores_from`` on the last stage's boxes) per
+    image, before rescaling to the input size."""
     inputs = _inputs()
     with torch.no_grad():
         reference = model.inference(inputs, do_postprocess=False)
     _, _, outputs = cascade_stages.run_stages(model, inputs)
-    ours = cascade_stages.combine(model, outputs, "mean", 2)
-    for r, o in zip(reference, ours):
+    return zip(reference, cascade_stages.combine(model, outputs, scores_from, 2))
+
+
+def test_mean_scores_last_boxes_is_detectron2_inference():
+    for r, o in _detectron2_and_ours(_model(), "mean"):
         assert len(r) > 0
         assert torch.equal(r.pred_boxes.tensor, o.pred_boxes.tensor)
         assert torch.equal(r.scores, o.scores)
@@ -63,12 +67,7 @@ def test_one_stage_scores_from_detectron2_mean_with_uniform_stages():
             heads.box_predictor[k].cls_score.bias.zero_()
         heads.box_predictor[2].cls_score.weight.mul_(50)  # spread stage 2's scores: no near-ties
     num_classes = heads.box_predictor[2].num_classes
-    inputs = _inputs()
-    with torch.no_grad():
-        reference = model.inference(inputs, do_postprocess=False)
-    _, _, outputs = cascade_stages.run_stages(model, inputs)
-    ours = cascade_stages.combine(model, outputs, "stage2", 2)
-    for r, o in zip(reference, ours):
+    for r, o in _detectron2_and_ours(model, "stage2"):
         assert len(o) == len(r) > 0
         torch.testing.assert_close(o.scores, 3 * r.scores - 2 / (num_classes + 1),
                                    rtol=0, atol=1e-6)
