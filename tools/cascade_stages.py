@@ -177,6 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     out = args.out or os.path.join(cfg.OUTPUT_DIR, "cascade_stages")
+    os.makedirs(out, exist_ok=True)
     num_stages = model.roi_heads.num_cascade_stages
     combos = [(s, b) for s in ["mean"] + [f"stage{k}" for k in range(num_stages)]
               for b in range(num_stages)]
