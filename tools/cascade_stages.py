@@ -123,6 +123,7 @@ def tracked_ious(proposal_boxes: torch.Tensor, stage_boxes: Sequence[torch.Tenso
         first, so a stage is measured on the object its proposal was for.
     """
     from detectron2.structures import Boxes, pairwise_iou
+    from detectron2.structures.boxes import matched_pairwise_iou
 
     if len(gt_boxes) == 0 or len(proposal_boxes) == 0:
         return [float("nan")] * (1 + len(stage_boxes)), 0
@@ -134,7 +135,7 @@ def tracked_ious(proposal_boxes: torch.Tensor, stage_boxes: Sequence[torch.Tenso
     gt = gt_boxes[gt_index[keep]]
     means = [float(best[keep].mean())]
     for boxes in stage_boxes:
-        ious = torch.diagonal(pairwise_iou(Boxes(boxes[keep]), Boxes(gt)))
+        ious = matched_pairwise_iou(Boxes(boxes[keep]), Boxes(gt))
         means.append(float(ious.mean()))
     return means, n
 
@@ -155,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     from detectron2.data import DatasetCatalog
     from detectron2.evaluation import COCOEvaluator
     from detectron2.modeling import GeneralizedRCNN
+    from detectron2.structures import Boxes
 
     from d2infra.data import ensure_generated, register_coco_format_datasets
 
@@ -181,12 +183,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     num_stages = model.roi_heads.num_cascade_stages
     combos = [(s, b) for s in ["mean"] + [f"stage{k}" for k in range(num_stages)]
               for b in range(num_stages)]
+    dirs = {(s, b): os.path.join(out, f"scores-{s}_boxes-stage{b}") for s, b in combos}
     evaluators = {}
-    for s, b in combos:
-        evaluators[s, b] = COCOEvaluator(dataset, tasks=("bbox",), distributed=False,
-                                         output_dir=os.path.join(out, f"scores-{s}_boxes-stage{b}"),
-                                         use_fast_impl=False)
-        evaluators[s, b].reset()
+    for combo in combos:
+        evaluators[combo] = COCOEvaluator(dataset, tasks=("bbox",), distributed=False,
+                                          output_dir=dirs[combo], use_fast_impl=False)
+        evaluators[combo].reset()
     gts = {d["image_id"]: _gt_boxes(d) for d in DatasetCatalog.get(dataset)}
     iou_sums, tracked = [0.0] * (1 + num_stages), 0
     for inputs in Trainer.build_test_loader(cfg, dataset):
@@ -199,19 +201,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         for i, x in enumerate(inputs):
             h, w = proposals[i].image_size
             scale = torch.tensor([x["width"] / w, x["height"] / h] * 2)
-            stage_boxes = [per_stage[i].detach().cpu().clone() for per_stage in boxes]
-            for sb in stage_boxes:  # as the next stage and the final detections see them
-                sb[:, 0::2] = sb[:, 0::2].clamp(0, w)
-                sb[:, 1::2] = sb[:, 1::2].clamp(0, h)
+            stage_boxes = [Boxes(per_stage[i].detach().cpu().clone()) for per_stage in boxes]
+            for sb in stage_boxes:  # clipped, as the next stage and the final detections see them
+                sb.clip((h, w))
             means, n = tracked_ious(proposals[i].proposal_boxes.tensor.cpu() * scale,
-                                    [sb * scale for sb in stage_boxes], gts[x["image_id"]])
+                                    [sb.tensor * scale for sb in stage_boxes], gts[x["image_id"]])
             if n:
                 iou_sums = [a + m * n for a, m in zip(iou_sums, means)]
                 tracked += n
     ap = {}
     for (s, b), evaluator in evaluators.items():
         bbox = evaluator.evaluate().get("bbox", {})
-        results = os.path.join(out, f"scores-{s}_boxes-stage{b}", "coco_instances_results.json")
+        results = os.path.join(dirs[s, b], "coco_instances_results.json")
         extra = box_ap_at_ious(results, json_file, ious=(0.9,),
                                max_dets=cfg.TEST.DETECTIONS_PER_IMAGE)
         ap[s, b] = {"AP": bbox.get("AP", 0.0), "AP50": bbox.get("AP50", 0.0),
