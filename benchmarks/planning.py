@@ -6,7 +6,9 @@ Order: (1) the LR sweep of each family's baselines; then, for the families whose
 (2) pair by pair, every member with the first seed, the pair's speed and its ablations; (3) the
 seeded models with the other seeds, pair by pair, the cheapest pair first; (4) the long-schedule
 check; (5) a member that diverged at its family's rate, at the other rates of the grid (its own
-best one is an extra row).
+best one is an extra row); (6) the learning curves, group by group, each to the suite's
+``curve_factor`` times the schedule; (7) once a group's baseline curve is in, the group's seeded
+models with every seed at its plateau schedule (``curves.plateau``).
 """
 import os
 import statistics
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from glob import glob
 from typing import Dict, List, Optional, Tuple
 
+from curves import plateau_factor
 from lr_sweep import choose_rate, own_best_rate
 from records import REPO, config_changes, config_dict, read_json, read_json_or_none
 from suites import Ablation, Pair, Suite
@@ -123,6 +126,11 @@ class Planner:
             cfg = build_cfg(os.path.join(REPO, m.config), list(m.opts))
             opts += schedule_opts(cfg.SOLVER.MAX_ITER * run.factor, cfg.SOLVER.MAX_ITER,
                                   tuple(cfg.SOLVER.STEPS), warmup=cfg.SOLVER.WARMUP_ITERS)
+        if self.suite.curves and run.factor == self.suite.curve_factor:
+            # a learning curve's schedule: evaluated every 1x of the schedule
+            period = 1 if self.quick else (self.max_iter or self.suite.max_iter
+                                           or self.suite.curve_eval_period)
+            opts += ["TEST.EVAL_PERIOD", str(period)]
         opts += ["SOLVER.BASE_LR", f"{run.lr:g}"] + self.extra_opts
         return opts + ["SEED", str(run.seed)]
 
@@ -252,9 +260,40 @@ class Planner:
         for m in self.diverged_members(rates):
             for lr in sweep.grid:
                 train(Run(m, seeds[0], lr), "own rate (diverged at its family's)")
+        # (6) the learning curves; (7) each group's seeded models at its baseline's plateau
+        for c in suite.curves:
+            for m in c.models:
+                run = self.main_run(m, seeds[0], rates)
+                train(Run(m, seeds[0], run.lr, suite.curve_factor), f"learning curve {c.name}")
+        for c in suite.curves:
+            factor = self.plateau(c)[0]
+            if factor is None:
+                continue
+            for seed in seeds:
+                for m in c.seeded:
+                    run = self.main_run(m, seed, rates)
+                    train(Run(m, seed, run.lr, factor),
+                          f"seed {seed} at the plateau ({factor}x) of {c.name}")
         for piece in pieces:
             piece.status = self._status(piece)
         return self._with_weight_trainings(pieces)
+
+    def curve(self, model: str) -> Optional[List[dict]]:
+        """The learning-curve points of ``model`` (first seed), None until its curve run is in."""
+        run = self.main_run(model, self.seeds[0])
+        if run.lr is None:
+            return None
+        r = self.record(Run(model, self.seeds[0], run.lr, self.suite.curve_factor))
+        return None if r is None or r.get("diverged") else r.get("curve")
+
+    def plateau(self, curve) -> Tuple[Optional[int], str]:
+        """(the plateau schedule as a multiple of the schedule, why) of a curve group, from its
+        baseline's curve; (None, why) while that curve is not in."""
+        points = self.curve(curve.models[0])
+        if not points:
+            return None, f"waiting for {curve.models[0]}'s learning curve"
+        period = points[0]["iteration"]  # the first evaluation is at 1x the schedule
+        return plateau_factor(points, period, self.suite.curve_factor)
 
     # -- status ----------------------------------------------------------------------------------
     def _status(self, piece: Piece) -> str:
@@ -345,6 +384,9 @@ class Planner:
         t = timings.get(m.name) or timings.get(m.timed_like)
         iters = (3 if self.quick else (self.max_iter or self.suite.max_iter or 1500)
                  * piece.run.factor)
+        # a learning curve evaluates once per 1x of its schedule: that many times the overhead
+        evals = piece.run.factor if self.suite.curves and piece.run.factor == \
+            self.suite.curve_factor else 1
         if t is None:
-            return iters * _GUESS_S_PER_ITER[m.family] + _GUESS_OVERHEAD_S, False
-        return iters * t[0] + t[1], True
+            return iters * _GUESS_S_PER_ITER[m.family] + evals * _GUESS_OVERHEAD_S, False
+        return iters * t[0] + evals * t[1], True

@@ -6,6 +6,7 @@ accuracy, parameters, speed and memory.
     python benchmarks/run.py --suite embedded --commit         # run (resumable), commit records
     python benchmarks/run.py --suite embedded --only lr_sweep  # the LR sweep alone
     python benchmarks/run.py --suite embedded --report         # report of the records so far
+    python benchmarks/run.py --suite embedded --curves         # learning curves so far
     python benchmarks/run.py --suite embedded --quick --only fcos_vs_iou_aware   # CI smoke run
     python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-02.json   # Results text
     python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-02.json --into README.md
@@ -72,6 +73,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--report", action="store_true",
                    help="write the report (json and Markdown, into --results-dir) of the records "
                         "committed so far, partial while pieces are missing; run nothing")
+    p.add_argument("--curves", action="store_true",
+                   help="write the learning curves recorded so far (PNG per group in docs/, "
+                        "tables in <results-dir>/<suite>-curves.md); run nothing")
     p.add_argument("--commit", action="store_true",
                    help="git-commit each finished piece's record (only those files)")
     p.add_argument("--lock", metavar="FILE",

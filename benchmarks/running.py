@@ -14,13 +14,13 @@ import sys
 import time
 from typing import List, Optional
 
-from planning import Piece, Planner, format_duration
+from planning import Piece, Planner, Run, format_duration
 from records import REPO, commit_files, read_json, set_aside, write_json
 from report_aggregate import aggregate
 from report_markdown import render_markdown
 from suites import get_suite
 
-__all__ = ["make_planner", "print_plan", "run_suite", "write_report"]
+__all__ = ["make_planner", "print_plan", "run_suite", "write_report", "write_curves"]
 
 RUN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
 
@@ -147,6 +147,8 @@ def run_suite(args) -> str:
         return ""
     if args.report:
         return write_report(planner, args, written_by=command)
+    if args.curves:
+        return write_curves(planner, args, written_by=command)
     for model in args.rerun:
         if model not in planner.suite.models:
             raise SystemExit(f"--rerun: unknown model {model!r}")
@@ -206,3 +208,54 @@ def write_report(planner: Planner, args, written_by: Optional[str] = None) -> st
         f.write(render_markdown(report))
     print(f"Wrote {base}.json and {base}.md")
     return base + ".json"
+
+
+def write_curves(planner: Planner, args, written_by: str) -> str:
+    """The learning curves of the records so far: a PNG per group in ``docs/`` (AP, AP75, AP90
+    against iteration, the plateau marked) and ``<results-dir>/<suite>-curves.md`` with the
+    tables, the plateau rule's reading and the commands; the Markdown file's path."""
+    import datetime
+
+    from curves import MIN_GAIN, curves_markdown, plot_curves
+    from records import machine_description
+
+    rows, commands, machines = [], [], set()
+    docs = os.path.join(REPO, "docs")
+    out_md = os.path.join(os.path.abspath(args.results_dir), f"{planner.tag}-curves.md")
+    for c in planner.suite.curves:
+        models = {}
+        for m in c.models:
+            pts = planner.curve(m)
+            if pts:
+                models[planner.suite.models[m].label] = pts
+                run = planner.main_run(m, planner.seeds[0])
+                rec = planner.record(Run(m, planner.seeds[0], run.lr, planner.suite.curve_factor))
+                if rec["suite_command"] not in commands:
+                    commands.append(rec["suite_command"])
+                machines.add(f"{rec['machine']} ({rec['date']})")
+        if not models:
+            continue
+        factor, why = planner.plateau(c)
+        base = planner.curve(c.models[0])
+        period = base[0]["iteration"] if base else None
+        plateau_at = factor * period if factor and period else None
+        png = os.path.join(docs, f"{planner.tag}-{c.name}.png")
+        plot_curves(c.title, models, plateau_at, png)
+        rows.append({"title": c.title, "plot": os.path.relpath(png, os.path.dirname(out_md)),
+                     "plateau": (f"{factor}x ({plateau_at} iterations)" if factor
+                                 else "not decided"), "why": why, "models": models})
+    text = [f"# Learning curves ({planner.tag})", "",
+            f"Written {datetime.date.today().isoformat()} by `{written_by}`, from the records of "
+            f"`{', '.join(commands) or 'no run yet'}`; trained on {'; '.join(sorted(machines))}."
+            if rows else f"No learning curve recorded yet (`{written_by}`, "
+            f"{machine_description()}).", "",
+            f"Each model is trained once (seed {planner.seeds[0]}) at {planner.suite.curve_factor}x "
+            "the schedule, LR steps scaled, and evaluated every 1x. Plateau rule (on the "
+            f"baseline, the first model of a group): the first evaluation that gains less than "
+            f"{MIN_GAIN:g} box AP over the one before it (`benchmarks/curves.py`).", "",
+            curves_markdown(rows)]
+    os.makedirs(os.path.dirname(out_md), exist_ok=True)
+    with open(out_md, "w") as f:
+        f.write("\n".join(text))
+    print(f"Wrote {out_md}" + "".join(f" and {r['plot']}" for r in rows))
+    return out_md

@@ -14,7 +14,7 @@ members of a pair are of one family, so they share the rate and the schedule.
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
-__all__ = ["Model", "Pair", "Ablation", "LRSweep", "Suite", "SUITES", "get_suite"]
+__all__ = ["Model", "Pair", "Ablation", "LRSweep", "Curve", "Suite", "SUITES", "get_suite"]
 
 TWO_STAGE, SINGLE_STAGE = "two_stage", "single_stage"
 
@@ -84,6 +84,19 @@ class LRSweep:
 
 
 @dataclass(frozen=True)
+class Curve:
+    """A learning curve: ``models`` (``models[0]`` the baseline) trained once, first seed, at the
+    suite's ``curve_factor`` times the schedule (the LR steps scaled), evaluated every
+    ``curve_eval_period`` iterations on the test set. The baseline's curve decides the plateau
+    schedule (``curves.plateau``); ``seeded`` models are trained at that schedule with every seed."""
+
+    name: str
+    title: str
+    models: Tuple[str, ...]
+    seeded: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Suite:
     """``max_iter``: every model's schedule (None: the configs' own); ``seeds``: the default
     ``--seeds``; ``long_schedule``: models trained once more, first seed, at ``long_factor`` times
@@ -99,6 +112,9 @@ class Suite:
     lr_sweep: Optional[LRSweep] = None
     long_schedule: Tuple[str, ...] = ()
     long_factor: int = 3
+    curves: Tuple[Curve, ...] = ()
+    curve_factor: int = 6
+    curve_eval_period: int = 1500
 
     def check(self) -> None:
         """Every model a pair, an ablation, the sweep or the long schedule names exists; names
@@ -133,6 +149,15 @@ class Suite:
             if a.model not in self.models:
                 raise ValueError(f"ablation {a.name!r} names unknown model {a.model!r}")
         named = list(self.long_schedule)
+        for c in self.curves:
+            named += list(c.models)
+            stray = set(c.seeded) - set(c.models)
+            if stray:
+                raise ValueError(f"curve {c.name!r}: seeded models {sorted(stray)} are not members")
+            if len({self.models[m].family for m in c.models if m in self.models}) > 1:
+                raise ValueError(f"curve {c.name!r}: its members must be of one family")
+        if len({c.name for c in self.curves} | set(names)) != len(self.curves) + len(names):
+            raise ValueError(f"suite {self.name!r}: a curve's name is taken")
         if self.lr_sweep:
             named += [m for ms in self.lr_sweep.baselines.values() for m in ms]
             for fam, ms in self.lr_sweep.baselines.items():
@@ -141,25 +166,28 @@ class Suite:
                     raise ValueError(f"LR sweep: baselines {wrong} are not of family {fam!r}")
         unknown = [m for m in named if m not in self.models]
         if unknown:
-            raise ValueError(f"suite {self.name!r}: LR sweep / long schedule name unknown "
-                             f"models {unknown}")
+            raise ValueError(f"suite {self.name!r}: LR sweep / long schedule / curves name "
+                             f"unknown models {unknown}")
 
     def select(self, only: Sequence[str]) -> "Suite":
         """The sub-suite of the pairs and ablations named in ``only`` (all if empty); the names
         "lr_sweep" and "long_schedule" select those phases. The LR sweep of the families of the
-        selected models is always part of it (their rate comes from it)."""
+        selected models is always part of it (their rate comes from it). "curves" selects every
+        learning curve, a curve's name that one."""
         if not only:
             return self
-        phases = {"lr_sweep", "long_schedule"}
-        known = {p.name for p in self.pairs} | {a.name for a in self.ablations} | phases
+        phases = {"lr_sweep", "long_schedule", "curves"}
+        known = ({p.name for p in self.pairs} | {a.name for a in self.ablations}
+                 | {c.name for c in self.curves} | phases)
         unknown = [n for n in only if n not in known]
         if unknown:
             raise ValueError(f"--only: unknown name(s) {unknown}; known: {sorted(known)}")
         pairs = tuple(p for p in self.pairs if p.name in only)
         ablations = tuple(a for a in self.ablations if a.name in only)
         long_schedule = self.long_schedule if "long_schedule" in only else ()
+        curves = tuple(c for c in self.curves if "curves" in only or c.name in only)
         used = ({m for p in pairs for m in p.models} | {a.model for a in ablations}
-                | set(long_schedule))
+                | set(long_schedule) | {m for c in curves for m in c.models})
         sweep = self.lr_sweep
         if sweep is not None:
             families = ({self.models[m].family for m in used} if "lr_sweep" not in only
@@ -169,7 +197,7 @@ class Suite:
             used |= {m for ms in sweep.baselines.values() for m in ms}
         return Suite(self.name, {k: v for k, v in self.models.items() if k in used}, pairs,
                      ablations, self.max_iter, self.seeds, self.note, sweep, long_schedule,
-                     self.long_factor)
+                     self.long_factor, curves, self.curve_factor, self.curve_eval_period)
 
 
 def _models(*models: Model) -> Dict[str, Model]:
@@ -319,6 +347,23 @@ _EMBEDDED_ABLATIONS = (
              "iou_aware_fcos", "MODEL.IOU_AWARE.ALPHA", (1.0, 0.7, 0.5, 0.3, 0.0)),
 )
 
+# Learning curves to the plateau: each group trained once (seed 1) at 6x the schedule (9000
+# iterations, LR steps at 6600 and 8100), evaluated every 1500 iterations. The baseline's curve
+# gives the plateau schedule (curves.plateau: the first evaluation that gains less than 1.0 box AP
+# over the one before it); the seeded models are then trained with seeds 1-3 at that schedule.
+# Headline groups first: their plateau decides the seeded trainings.
+_EMBEDDED_CURVES = (
+    Curve("curve_mask_rcnn_vs_r3cnn", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN",
+          ("mask_rcnn", "r3cnn_naive", "cascade_mask_rcnn", "r3cnn_naive_dec"),
+          seeded=("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive")),
+    Curve("curve_retinanet_vs_iou_aware", "RetinaNet and IoU-aware RetinaNet",
+          ("retinanet", "iou_aware_retinanet")),
+    Curve("curve_faster_vs_offset_bin", "Faster R-CNN, Offset-Bin K=1 and K=2, and PISA",
+          ("faster_rcnn", "offset_bin_K1", "offset_bin_K2", "sampler_pisa")),
+    Curve("curve_nuclei", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN on nuclei",
+          ("nuclei_mask_rcnn", "nuclei_cascade_mask_rcnn", "nuclei_r3cnn")),
+)
+
 # The protocol (benchmarks/README.md): every model on its config's 1500 iterations at batch 4, at
 # its family's BASE_LR from the sweep; seeds 1-3 for the pairs' seeded models; Mask R-CNN and
 # R^3-CNN once more at 3x the schedule. `python benchmarks/run.py --plan` prints the time it
@@ -331,6 +376,7 @@ SUITES: Dict[str, Suite] = {
                          baselines={SINGLE_STAGE: ("retinanet",),
                                     TWO_STAGE: ("faster_rcnn", "mask_rcnn")}),
         long_schedule=("mask_rcnn", "r3cnn_naive"), long_factor=3,
+        curves=_EMBEDDED_CURVES, curve_factor=6, curve_eval_period=1500,
         note="Protocol (benchmarks/README.md): every model trains the configs' 1500 iterations "
              "at batch 4, at its family's BASE_LR, the rate of the grid {0.005, 0.01, 0.02} at "
              "which the family's baselines reached the highest mean box AP (seed 1), of the rates "

@@ -6,6 +6,9 @@ workers' augmentation seeds from a generator seeded with ``SEED``; each run stor
 image ids and boxes it was fed. A run resumed from a checkpoint (a session ended) is fed the same
 batches as an uninterrupted one: Detectron2's resume restarts the loader's stream from its start,
 so the batches already trained on are drawn again and skipped first (their digest included).
+A run with ``TEST.EVAL_PERIOD`` (a learning curve) records every periodic evaluation's metrics
+in ``curve.json`` as it happens, so that a resumed run keeps the points before its interruption;
+the record's ``curve`` lists them in order.
 Peak memory is the peak resident set size of this process
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; data-loader workers not included).
 """
@@ -118,8 +121,27 @@ def child_train(spec: dict) -> None:
                     self.images += 1
                 yield batch
 
+    out_dir = spec["output_dir"]
+    curve_file = os.path.join(out_dir, "curve.json")
+
     class BenchmarkTrainer(Trainer):
         digest_loader: Optional[DigestLoader] = None
+        curve: List[dict] = []
+
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            """Detectron2's evaluation; with TEST.EVAL_PERIOD, each one's metrics are a point of
+            the learning curve (the EvalHook's iteration), written to curve.json at once."""
+            from detectron2.utils.events import get_event_storage
+
+            results = super().test(cfg, model, evaluators)
+            if cfg.TEST.EVAL_PERIOD > 0:
+                point = {"iteration": get_event_storage().iter + 1, **metrics_from_results(
+                    results, cfg.OUTPUT_DIR, cfg.DATASETS.TEST[0], cfg.TEST.DETECTIONS_PER_IMAGE)}
+                cls.curve = [p for p in cls.curve if p["iteration"] != point["iteration"]]
+                cls.curve.append(point)
+                write_json(curve_file, cls.curve)
+            return results
 
         @classmethod
         def build_train_loader(cls, cfg):
@@ -131,7 +153,6 @@ def child_train(spec: dict) -> None:
             cls.digest_loader = DigestLoader(loader)
             return cls.digest_loader
 
-    out_dir = spec["output_dir"]
     check_resumable(out_dir, spec)
     cfg = setup_cfg(spec["config"], spec["opts"] + ["OUTPUT_DIR", out_dir])
     timer = StepTimer()
@@ -139,6 +160,8 @@ def child_train(spec: dict) -> None:
     trainer.register_hooks([timer])
     trainer.resume_or_load(resume=True)
     start_iter = trainer.start_iter
+    if os.path.isfile(curve_file):  # the points evaluated before an interruption
+        BenchmarkTrainer.curve = [p for p in read_json(curve_file) if p["iteration"] <= start_iter]
     if start_iter > 0:
         # Fast-forward the stream past the start_iter batches the checkpoint has trained on: the
         # same sampler indices and augmentation draws (the loader's workers take turns in a fixed
@@ -178,6 +201,7 @@ def child_train(spec: dict) -> None:
                     metrics_from_results(
                         trainer._last_eval_results,  # set by the EvalHook at the last iteration
                         cfg.OUTPUT_DIR, cfg.DATASETS.TEST[0], cfg.TEST.DETECTIONS_PER_IMAGE)),
+        "curve": BenchmarkTrainer.curve if cfg.TEST.EVAL_PERIOD > 0 else None,
         **count_params(trainer.model),
         "train_s_per_iter_median": statistics.median(steps) if steps else None,
         "train_and_eval_wall_s": wall,

@@ -1,0 +1,104 @@
+"""Learning curves: the plateau rule, and the curves' plots and table.
+
+A curve is a model trained once at ``curve_factor`` times the schedule (the LR steps scaled) and
+evaluated every 1x of the schedule (``planning.Planner.opts``); each point holds the metrics of
+``coco_ap.metrics_from_results`` at that iteration (``train_child``).
+
+The plateau rule (read off the group's baseline): the plateau schedule is the first evaluation,
+from the second on, at which box AP gained less than ``MIN_GAIN`` (1.0) over the evaluation before
+it; a curve that never flattens has its plateau at its last evaluation, and says so. The schedule
+is the multiple of the base schedule at that iteration.
+"""
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["MIN_GAIN", "CURVE_METRICS", "plateau_iteration", "plateau_factor", "plot_curves",
+           "curves_markdown"]
+
+MIN_GAIN = 1.0
+CURVE_METRICS = ("AP", "AP75", "AP90")
+
+
+def plateau_iteration(points: Sequence[dict], min_gain: float = MIN_GAIN,
+                      metric: str = "AP") -> Tuple[Optional[int], bool]:
+    """(the iteration where the curve has flattened, whether it did): the first point, from the
+    second on, whose ``metric`` gained less than ``min_gain`` over the point before it; else
+    (the last point's iteration, False). (None, False) for no point."""
+    pts = sorted(points, key=lambda p: p["iteration"])
+    for prev, cur in zip(pts, pts[1:]):
+        if cur[metric] is not None and prev[metric] is not None and \
+                cur[metric] - prev[metric] < min_gain:
+            return cur["iteration"], True
+    return (pts[-1]["iteration"], False) if pts else (None, False)
+
+
+def plateau_factor(points: Sequence[dict], period: int, max_factor: int,
+                   min_gain: float = MIN_GAIN) -> Tuple[Optional[int], str]:
+    """(the plateau schedule as a multiple of the ``period`` iterations of the base schedule,
+    why), by :func:`plateau_iteration`; a curve cut short of ``max_factor`` (diverged) that never
+    flattened gives (None, why)."""
+    it, flat = plateau_iteration(points, min_gain)
+    if it is None:
+        return None, "no evaluation yet"
+    pts = {p["iteration"]: p["AP"] for p in points}
+    factor = max(1, round(it / period))
+    if flat:
+        before = max(i for i in pts if i < it)
+        return factor, (f"box AP {pts[before]:.1f} at {before} -> {pts[it]:.1f} at {it}: gained "
+                        f"less than {min_gain:g}")
+    if factor < max_factor:
+        return None, f"the curve stops at {it} iterations without flattening"
+    return factor, (f"not flattened by {it} iterations (every evaluation gained {min_gain:g} or "
+                    "more): its last one")
+
+
+def plot_curves(title: str, curves: Dict[str, List[dict]], plateau_at: Optional[int],
+                path: str, metrics: Sequence[str] = CURVE_METRICS) -> str:
+    """One PNG: ``metrics`` against iteration, a panel each, one line per model (label ->
+    points), the plateau schedule marked with a vertical line. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, pts in curves.items():
+            pts = sorted(pts, key=lambda p: p["iteration"])
+            ax.plot([p["iteration"] for p in pts], [p[metric] for p in pts], marker="o", ms=3,
+                    label=label)
+        if plateau_at is not None:
+            ax.axvline(plateau_at, color="grey", ls="--", lw=1)
+            ax.text(plateau_at, ax.get_ylim()[0], " plateau", color="grey", fontsize=8,
+                    va="bottom")
+        ax.set_title(f"box {metric}")
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def curves_markdown(rows: List[dict]) -> str:
+    """A Markdown table per curve group: ``rows`` of {"title", "plot", "plateau", "why",
+    "models": {label: points}} -> the box AP of each model at each evaluation."""
+    out = []
+    for r in rows:
+        out.append(f"### {r['title']}\n")
+        out.append(f"![{r['title']}]({r['plot']})\n")
+        out.append(f"Plateau schedule: {r['plateau']} ({r['why']}).\n")
+        iters = sorted({p["iteration"] for pts in r["models"].values() for p in pts})
+        out.append("| model | " + " | ".join(f"AP @{i}" for i in iters) + " | AP75 / AP90 last |")
+        out.append("|---|" + "---:|" * (len(iters) + 1))
+        for label, pts in r["models"].items():
+            by = {p["iteration"]: p for p in pts}
+            last = by[max(by)] if by else None
+            cells = [f"{by[i]['AP']:.1f}" if i in by else "" for i in iters]
+            tail = f"{last['AP75']:.1f} / {last['AP90']:.1f}" if last else ""
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {tail} |")
+        out.append("")
+    return "\n".join(out)
