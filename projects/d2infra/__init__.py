@@ -3,7 +3,10 @@
 - :mod:`d2infra.data`: the embedded synthetic ``shapes_*`` datasets and COCO-format datasets named
   in the config (``DATASETS.COCO_FORMAT``);
 - :mod:`d2infra.ops`: a pure-PyTorch replacement for ``detectron2._C`` (Detectron2's compiled ops);
-- :mod:`d2infra.engine`: the CPU multi-process launch and full-model gradient clipping;
+- :mod:`d2infra.engine`: the CPU multi-process launch, full-model gradient clipping and the device
+  rule of ``MODEL.DEVICE`` (:func:`resolve_device`);
+- :mod:`d2infra.evaluation`: whether Detectron2's fast C++ COCOeval is installed
+  (:func:`fast_coco_eval_available`);
 - :mod:`d2infra.modeling`: the small CPU backbone and the RoI box-predictor registry.
 
 Importing this package registers the ``shapes_*`` datasets, the small backbones in
@@ -13,5 +16,13 @@ parts read; every project's ``add_<project>_config`` calls it.
 from . import data  # noqa: F401  registration
 from . import modeling  # noqa: F401  registration
 from .config import add_d2infra_config
+from .engine.device import device_fallback_warning, resolve_device
+from .evaluation import coco_eval_class, fast_coco_eval_available
 
-__all__ = ["add_d2infra_config"]
+__all__ = [
+    "add_d2infra_config",
+    "coco_eval_class",
+    "device_fallback_warning",
+    "fast_coco_eval_available",
+    "resolve_device",
+]

@@ -2,9 +2,9 @@ from detectron2.config import CfgNode as CN
 
 
 def add_d2infra_config(cfg: CN) -> None:
-    """Config keys of the shared infrastructure: datasets from files, the small CPU backbone and the
-    box-predictor registry. Safe to call more than once, in any order with the projects' own add
-    functions: keys already present are left as they are."""
+    """Config keys of the shared infrastructure: datasets from files, the small CPU backbone, the
+    CPU fallback of MODEL.DEVICE and the box-predictor registry. Safe to call more than once, in
+    any order with the projects' own add functions: keys already present are left as they are."""
     if "COCO_FORMAT" not in cfg.DATASETS:
         # Datasets in COCO format (a json plus an image folder), registered by name at setup, so
         # that one's own data trains and evaluates from the command line. Three lists of equal
@@ -25,6 +25,12 @@ def add_d2infra_config(cfg: CN) -> None:
         cfg.MODEL.SMALL_RESNET.BLOCKS_PER_STAGE = [1, 1, 1, 1]
         # Normalisation of every conv: "BN", "GN" or "SyncBN" (not FrozenBN: trained from scratch).
         cfg.MODEL.SMALL_RESNET.NORM = "BN"
+
+    if "ALLOW_CPU_FALLBACK" not in cfg.MODEL:
+        # Whether MODEL.DEVICE "cuda" may run on the CPU, with a warning, when torch cannot use
+        # CUDA (d2infra.engine.device). True in the embedded configs (Base-Shapes-*.yaml), which
+        # are sized to run anywhere; False otherwise: build_cfg stops with an error naming the fix.
+        cfg.MODEL.ALLOW_CPU_FALLBACK = False
 
     if "PREDICTOR" not in cfg.MODEL.ROI_BOX_HEAD:
         # Name of the RoI box predictor in ROI_BOX_PREDICTOR_REGISTRY, for heads built by this

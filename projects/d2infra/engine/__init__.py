@@ -1,4 +1,12 @@
+from .device import cuda_unavailable_reason, device_fallback_warning, resolve_device
 from .launch import create_ddp_model, launch
 from .optimizer import build_optimizer
 
-__all__ = ["build_optimizer", "create_ddp_model", "launch"]
+__all__ = [
+    "build_optimizer",
+    "create_ddp_model",
+    "cuda_unavailable_reason",
+    "device_fallback_warning",
+    "launch",
+    "resolve_device",
+]
