@@ -213,3 +213,31 @@ def test_nms_of_the_best_candidates_first_with_ties_at_the_cut():
     expected = batched_nms(boxes, scores, classes, 0.5)[:100]
     ours = nms_top_detections(boxes, scores, classes, 0.5, 100)
     assert torch.equal(scores[ours], scores[expected])
+
+
+def per_class_nms_by_hand(boxes, scores, classes, iou_threshold):
+    """Greedy NMS of each class on its own (torchvision's ``nms``), the kept indices of all
+    classes in decreasing score."""
+    from torchvision.ops import nms
+
+    kept = []
+    for c in classes.unique().tolist():
+        members = torch.nonzero(classes == c).squeeze(1)
+        kept.append(members[nms(boxes[members], scores[members], iou_threshold)])
+    kept = torch.cat(kept)
+    return kept[scores[kept].sort(descending=True).indices]
+
+
+@pytest.mark.parametrize("num,max_det,num_classes", [(2216, 100, 80), (2216, 100, 6),
+                                                      (700, 300, 80), (3000, 1000, 80)])
+def test_nms_equals_per_class_nms_by_hand(num, max_det, num_classes):
+    """80 classes (COCO's) or 6: the kept boxes are those of NMS run class by class, in decreasing
+    confidence, cut to max_det (boxes on the integer grid, so that the class offsets of the
+    one-kernel NMS change no IoU)."""
+    boxes, scores, classes = clustered_candidates(num, num_classes=num_classes, seed=5)
+    boxes = boxes.round()
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    expected = per_class_nms_by_hand(boxes, scores, classes, 0.5)[:max_det]
+    ours = nms_top_detections(boxes, scores, classes, 0.5, max_det)
+    assert len(expected) == min(max_det, len(per_class_nms_by_hand(boxes, scores, classes, 0.5)))
+    assert torch.equal(ours, expected)

@@ -8,11 +8,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torchvision.ops import nms
 
-from detectron2.layers import batched_nms, cat, nonzero_tuple
+from detectron2.layers import batched_nms, cat
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
+
+from d2infra.modeling.precision import upcast
 
 __all__ = [
     "check_alpha",
@@ -110,7 +111,8 @@ def iou_branch_loss(
         target_gradient: if False, detach the target IoU from the regression branch.
 
     Returns:
-        A scalar: the loss summed over positives.
+        A scalar: the loss summed over positives, in float32 (float64 for float64 inputs), also
+        for half-precision logits (mixed precision).
     """
     all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
     deltas = cat(pred_anchor_deltas, dim=1)  # (N, R, 4)
@@ -120,19 +122,12 @@ def iou_branch_loss(
     if not target_gradient:
         iou_targets = iou_targets.detach()
     iou_logits = cat(pred_iou_logits, dim=1).squeeze(2)[pos_mask]  # (P,)
+    # Under mixed precision the logits are float16/bfloat16 and the target float32
+    # (``apply_deltas`` decodes in float32): the loss is computed in float32, so that the target,
+    # and with TARGET_GRADIENT the gradient into the boxes, are not rounded to the logits' dtype,
+    # and so that CUDA (softplus in float32) and CPU (in bfloat16) autocast agree.
+    iou_logits = upcast(iou_logits)
     return iou_prediction_loss(iou_logits, iou_targets.to(iou_logits.dtype), loss_type)
-
-
-def _per_class_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS within each class (torchvision's ``nms`` per class, as ``batched_nms`` does for
-    many boxes); the kept indices in decreasing score."""
-    boxes = boxes.float()  # as Detectron2's batched_nms
-    kept = torch.zeros_like(scores, dtype=torch.bool)
-    for c in torch.unique(classes):
-        members = nonzero_tuple(classes == c)[0]
-        kept[members[nms(boxes[members], scores[members], iou_threshold)]] = True
-    kept_idxs = nonzero_tuple(kept)[0]
-    return kept_idxs[scores[kept_idxs].sort(descending=True).indices]
 
 
 def nms_top_detections(
@@ -147,9 +142,9 @@ def nms_top_detections(
     ``max_detections`` and doubles (including the candidates tied with the n-th) until enough are
     kept. With the IoU-aware confidence thousands of candidates pass the score threshold (every
     level's top k on a trained model here), and NMS of them all cost more than the rest of the
-    decoding. The n best go through NMS class by class, as ``batched_nms`` does for more than
-    1000 CPU boxes; for fewer it offsets each class's coordinates instead, which can differ only
-    where an IoU is within float rounding of the threshold.
+    decoding. The n best go through Detectron2's ``batched_nms`` (torchvision's: one kernel on
+    the classes' offset boxes, no loop over classes, up to 1000 boxes on the CPU and thousands on
+    CUDA), so the host syncs of an image do not grow with the number of classes.
 
     Returns:
         Indices of the kept boxes, in decreasing score.
@@ -163,7 +158,7 @@ def nms_top_detections(
         if n < num:  # the candidates tied with the n-th go in with it
             n = int((ranked >= ranked[n - 1]).sum())
         best = order[:n].sort().values  # in the candidates' own order
-        keep = _per_class_nms(boxes[best], scores[best], classes[best], iou_threshold)
+        keep = batched_nms(boxes[best], scores[best], classes[best], iou_threshold)
         if keep.numel() >= max_detections or n >= num:
             return best[keep[:max_detections]]
         n *= 2
@@ -225,8 +220,11 @@ class IoUConfidenceDecodingMixin:
             return super()._decode_per_level_predictions(
                 anchors, pred_scores, pred_deltas, score_thresh, topk_candidates, image_size
             )
-        # Eq. 5 on every (location, class) pair, flattened in Detectron2's (row-major) order.
-        scores = detection_confidence(pred_scores, quality, self.iou_alpha).flatten()
+        # Eq. 5 on every (location, class) pair, flattened in Detectron2's (row-major) order; in
+        # float32 under mixed precision (CUDA autocast runs ``pow`` in float32, the CPU's in
+        # bfloat16), so that the ranking is the same on every device.
+        scores = detection_confidence(upcast(pred_scores), upcast(quality), self.iou_alpha)
+        scores = scores.flatten()
         # The top k of all pairs, then the threshold: the top k of those above the threshold, as
         # Detectron2's decoding (threshold, then top k; ties may be taken in another order, as
         # between its v0.6 (sort) and main (topk)). One topk instead of sorting every candidate:
