@@ -148,3 +148,37 @@ def test_balanced_quotas_remainder_goes_to_groups_with_room():
     assert seen == {(1, 2, 1), (1, 1, 2)}
     assert balanced_quotas(torch.tensor([0, 0]), 3).tolist() == [0, 0]
     assert balanced_quotas(torch.tensor([4, 4]), 0).tolist() == [0, 0]
+
+
+def test_balanced_quotas_fill_level_by_hand():
+    # 50 draws over (0, 3, 7, 12, 40): the three small groups give all (22), the last gets 28
+    assert balanced_quotas(torch.tensor([0, 3, 7, 12, 40]), 50).tolist() == [0, 3, 7, 12, 28]
+    # 20 over (2, 9, 9, 9): 2 + 3 x 6
+    assert balanced_quotas(torch.tensor([2, 9, 9, 9]), 20).tolist() == [2, 6, 6, 6]
+    # 22: the level stays 6 (7 would need 23), the 2 left go to two of the three open groups
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        q = balanced_quotas(torch.tensor([2, 9, 9, 9]), 22).tolist()
+        assert q[0] == 2 and sorted(q[1:]) == [6, 7, 7]
+        seen.add(tuple(q))
+    assert len(seen) == 3
+    # more draws than members: everything
+    assert balanced_quotas(torch.tensor([4, 0, 6]), 100).tolist() == [4, 0, 6]
+
+
+def test_balanced_draw_takes_each_group_quota_from_its_own_members():
+    # 40 groups (ground-truth instances) of 1 to 6 members: each group's quota is met exactly,
+    # with members of that group only and no index twice
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 7, (40,), generator=g)
+    groups = torch.repeat_interleave(torch.arange(40) * 3, sizes)  # group values need not be dense
+    indices = torch.arange(len(groups)) + 1000
+    torch.manual_seed(0)
+    got = balanced_draw(indices, groups, 100)
+    assert len(got) == 100 and len(set(got.tolist())) == 100
+    per_group = torch.bincount(groups[got - 1000] // 3, minlength=40)
+    # by hand: level L with sum(min(size, L)) <= 100 < sum(min(size, L + 1))
+    level = max(L for L in range(7) if int(sizes.clamp(max=L).sum()) <= 100)
+    extra = per_group - sizes.clamp(max=level)
+    assert bool(((extra == 0) | ((extra == 1) & (sizes > level))).all())

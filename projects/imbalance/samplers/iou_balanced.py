@@ -12,39 +12,48 @@ def balanced_quotas(counts: torch.Tensor, num: int) -> torch.Tensor:
     and the shortfall is shared again among the others (water-filling), so ``min(num,
     counts.sum())`` are drawn in total. A remainder that does not divide evenly goes one each to
     randomly chosen groups among those with members left.
+
+    Computed on the counts' device without reading them on the host: the fill level is the
+    largest L with ``sum_g min(c_g, L) <= R`` (R = the total drawn). That sum is concave in L and
+    equals ``min_k (P_k + (G - k) L)`` over the counts sorted increasingly (P_k the sum of the k
+    smallest), so ``L = max_k floor((R - P_k) / (G - k))``.
     """
-    quotas = torch.zeros_like(counts)
-    remaining = min(int(num), int(counts.sum()))
-    while remaining > 0:
-        room = counts - quotas
-        open_groups = torch.nonzero(room > 0, as_tuple=True)[0]
-        share = remaining // len(open_groups)
-        if share == 0:
-            pick = open_groups[torch.randperm(len(open_groups), device=counts.device)[:remaining]]
-            quotas[pick] += 1
-            break
-        add = torch.clamp(room[open_groups], max=share)
-        quotas[open_groups] += add
-        remaining -= int(add.sum())
-    return quotas
+    num_groups = counts.numel()
+    if num_groups == 0 or num <= 0:
+        return torch.zeros_like(counts)
+    total = torch.clamp(counts.sum(), max=int(num))
+    ascending = counts.sort().values
+    filled = torch.cat([ascending.new_zeros(1), ascending.cumsum(0)[:-1]])  # P_k, k = 0 .. G-1
+    open_groups = torch.arange(num_groups, 0, -1, device=counts.device)  # G - k
+    level = torch.div(total - filled, open_groups, rounding_mode="floor").max()
+    quotas = torch.minimum(counts, level)
+    # The remainder (fewer than the groups with room, else L + 1 would fit): one each to as many
+    # groups with room, drawn uniformly (random keys, full groups ranked last).
+    keys = torch.rand(num_groups, device=counts.device)
+    keys = torch.where(counts > level, keys, keys.new_full((), 2.0))
+    rank = torch.empty_like(counts)
+    rank[keys.argsort()] = torch.arange(num_groups, device=counts.device, dtype=counts.dtype)
+    return quotas + (rank < total - quotas.sum()).to(counts.dtype)
 
 
 def balanced_draw(indices: torch.Tensor, groups: torch.Tensor, num: int) -> torch.Tensor:
     """Draw ``num`` of ``indices`` (or all if fewer), evenly over the values of ``groups``
-    (:func:`balanced_quotas`) and uniformly at random within each group."""
+    (:func:`balanced_quotas`) and uniformly at random within each group.
+
+    No loop over the groups: the members are put in a random order, stably sorted by group, and
+    the first ``quota`` of each group are kept (one host sync, the size of the result, plus the
+    one of ``torch.unique``). The result is grouped by increasing group value."""
     if len(indices) == 0 or num <= 0:
         return indices[:0]
     group_ids, group_of = torch.unique(groups, return_inverse=True)
-    counts = torch.bincount(group_of, minlength=len(group_ids))
+    counts = torch.zeros(len(group_ids), dtype=torch.long, device=groups.device)
+    counts.index_add_(0, group_of, torch.ones_like(group_of))
     quotas = balanced_quotas(counts, num)
-    chosen = []
-    for g in range(len(group_ids)):
-        q = int(quotas[g])
-        if q == 0:
-            continue
-        members = indices[group_of == g]
-        chosen.append(members[torch.randperm(len(members), device=members.device)[:q]])
-    return torch.cat(chosen) if chosen else indices[:0]
+    shuffled = torch.randperm(len(indices), device=indices.device)
+    order = shuffled[group_of[shuffled].sort(stable=True).indices]  # by group, random within
+    first_of_group = counts.cumsum(0) - counts
+    rank_in_group = torch.arange(len(order), device=order.device) - first_of_group[group_of[order]]
+    return indices[order[rank_in_group < quotas[group_of[order]]]]
 
 
 @ROI_SAMPLER_REGISTRY.register()
