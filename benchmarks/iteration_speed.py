@@ -29,10 +29,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_net import Trainer, setup  # noqa: E402
 
 
+def _synchronize(model: torch.nn.Module) -> None:
+    """Wait for the model's device (CUDA kernels run asynchronously; a clock read right after a
+    step would time the kernel launches, not the step). Nothing to wait for on the CPU."""
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == "cuda":
+        torch.cuda.synchronize(param.device)
+
+
 def time_training_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader,
                         warmup: int, iters: int) -> List[float]:
     """Seconds of each of ``iters`` training steps (forward, backward, SGD step) after ``warmup``
-    untimed ones; fetching the batch from ``loader`` is not timed."""
+    untimed ones; fetching the batch from ``loader`` is not timed. On CUDA the clock is read after
+    ``torch.cuda.synchronize()``, so a step's time includes its kernels."""
     from detectron2.utils.events import EventStorage
 
     batches = iter(loader)
@@ -41,11 +50,13 @@ def time_training_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     with EventStorage(0):
         for i in range(warmup + iters):
             batch = next(batches)
+            _synchronize(model)
             start = time.perf_counter()
             losses = sum(model(batch).values())
             optimizer.zero_grad()
             losses.backward()
             optimizer.step()
+            _synchronize(model)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return times
@@ -64,8 +75,10 @@ def time_inference(model: torch.nn.Module, loader, images: int, warmup: int = 1)
             for batch in loader:
                 if len(times) >= images:
                     break
+                _synchronize(model)
                 start = time.perf_counter()
                 model(batch)
+                _synchronize(model)
                 if seen >= warmup:
                     times.append(time.perf_counter() - start)
                 seen += 1
