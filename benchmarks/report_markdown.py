@@ -1,5 +1,5 @@
-"""Reporting: the README "Results" section (Markdown) from a report of ``report_aggregate``, with
-one verdict sentence per pair under the suite's noise rule, and its placement between the README's
+"""Reporting: the "Results" section (Markdown) of docs/RESULTS.md from a report of ``report_aggregate``,
+with one verdict sentence per pair under the suite's noise rule, and its placement between the file's
 markers."""
 import math
 from typing import Optional, Tuple
@@ -166,9 +166,9 @@ def _dates(report: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    """The README "Results" section: command, machine, date, the LR sweep, one table and sentence
-    per pair (extra rows for diverged members at their own rate), the schedule check, the
-    ablations."""
+    """The "Results" section of docs/RESULTS.md: command, machine, date, the LR sweep, one table
+    and sentence per pair (extra rows for diverged members at their own rate), the schedule check,
+    the ablations."""
     s = report["schedule"]
     data = "; ".join(f"trained on {', '.join(d['train'])}, evaluated on {', '.join(d['test'])}"
                      for d in s["datasets"])
@@ -230,7 +230,7 @@ RESULTS_END = "<!-- benchmarks/run.py results: end -->"
 
 def replace_results_section(path: str, text: str) -> None:
     """Put ``text`` between the ``RESULTS_BEGIN`` and ``RESULTS_END`` lines of the Markdown file
-    ``path`` (e.g. README.md), replacing what was there; the rest of the file is kept."""
+    ``path`` (e.g. docs/RESULTS.md), replacing what was there; the rest of the file is kept."""
     with open(path) as f:
         lines = f.read().split("\n")
     try:

@@ -8,14 +8,14 @@ accuracy, parameters, speed and memory.
     python benchmarks/run.py --suite embedded --report         # report of the records so far
     python benchmarks/run.py --suite embedded --curves         # learning curves so far
     python benchmarks/run.py --suite embedded --quick --only fcos_vs_iou_aware   # CI smoke run
-    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-02.json   # Results text
-    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-02.json --into README.md
+    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-03.json   # Results text
+    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-03.json --into docs/RESULTS.md
 
 The code is split along its seams: planning (``suites.py``: what to compare; ``lr_sweep.py``: the
 rate rule; ``planning.py``: the pieces, their order, status and time), running (``running.py``:
 one piece after the other; the child processes ``train_child.py``, ``speed_child.py``,
 ``ablation_child.py``; ``records.py``: the committed records the suite resumes from) and reporting
-(``report_aggregate.py``: the report from the records; ``report_markdown.py``: the README text;
+(``report_aggregate.py``: the report from the records; ``report_markdown.py``: the Results text of docs/RESULTS.md;
 ``coco_ap.py``: AP at one IoU).
 """
 import argparse
@@ -34,6 +34,9 @@ from report_markdown import (RESULTS_BEGIN, RESULTS_END, render_markdown,  # noq
                              replace_results_section)
 
 __all__ = ["main"]
+
+# Where ``--readme ... --into`` writes when given no file name: the Results of the documentation.
+RESULTS_FILE = os.path.join(REPO, "docs", "RESULTS.md")
 
 
 def _child(kind: str, spec: dict) -> None:
@@ -86,9 +89,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                         "changed in a way their config does not show)")
     p.add_argument("--readme", metavar="RESULTS_JSON",
                    help="print the Markdown Results section of a results json and exit")
-    p.add_argument("--into", metavar="MARKDOWN_FILE",
+    p.add_argument("--into", metavar="MARKDOWN_FILE", nargs="?", const=RESULTS_FILE,
                    help="with --readme: replace the text between the file's "
-                        f"'{RESULTS_BEGIN}' and '{RESULTS_END}' lines instead of printing")
+                        f"'{RESULTS_BEGIN}' and '{RESULTS_END}' lines instead of printing "
+                        f"(without a file name: {os.path.relpath(RESULTS_FILE, REPO)})")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="config opts added to every model (after the suite's)")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ Runs in a fresh interpreter from an unrelated directory, once importing detectro
 importing our packages first, so registration and `detectron2._C` work in either order.
 """
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -69,3 +70,50 @@ def test_outside_project_uses_our_heads(tmp_path, order):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "OUTSIDE-PROJECT-OK" in proc.stdout
+
+
+README_HEADING = "## Using the heads from another Detectron2 project"
+# Run after the README's snippet: one forward in eval mode on a random image.
+SNIPPET_CHECK = textwrap.dedent("""
+
+    # --- the test's part ---
+    assert type(model.roi_heads).__name__ == "R3CNNROIHeads"
+    assert type(model.roi_heads.box_predictor).__name__ == "OffsetBinOutputLayers"
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2  # NUM_CLASSES + background
+    assert type(model.backbone).__name__ == "FPN"
+    model.eval()
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8).float()
+    with torch.no_grad():
+        out = model([{"image": image.to(cfg.MODEL.DEVICE), "height": 96, "width": 128}])
+    inst = out[0]["instances"]
+    assert inst.image_size == (96, 128)
+    boxes = inst.pred_boxes.tensor
+    assert ((boxes[:, 0] >= 0) & (boxes[:, 2] <= 128) & (boxes[:, 1] >= 0)
+            & (boxes[:, 3] <= 96)).all()
+    assert inst.has("pred_masks") and set(inst.pred_classes.tolist()) <= {0}
+    print("README-SNIPPET-OK")
+""")
+
+
+def readme_snippet() -> str:
+    """The first ```python block under the README's heading for other projects."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert README_HEADING + "\n" in text, f"README.md has no heading {README_HEADING!r}"
+    section = text.split(README_HEADING + "\n", 1)[1].split("\n## ", 1)[0]
+    m = re.search(r"^```python\n(.*?)^```", section, re.M | re.S)
+    assert m, f"no ```python block under {README_HEADING!r}"
+    return m.group(1)
+
+
+def test_readme_snippet_builds_and_runs_outside_the_repository(tmp_path):
+    """The README's snippet as written (Detectron2's model-zoo FPN config, our heads by registry
+    name), from a file outside the repository, then one forward pass."""
+    script = tmp_path / "their_project.py"
+    script.write_text(readme_snippet() + SNIPPET_CHECK)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "README-SNIPPET-OK" in proc.stdout
