@@ -40,7 +40,7 @@ def add_r3cnn_config(cfg: CN) -> None:
     # HTC stage index 0): the 1x1 flow conv is built and fed zeros in training (ReLU(bias) = 0:
     # it never learns, weight decay aside), and inference chains NUM_LOOPS_TEST mask passes
     # through it and averages their sigmoid probabilities. False (ours): one trained pass at
-    # inference (the extra passes add a random layer's output; README "R^3-CNN"). Excludes
+    # inference (the extra passes add a random layer's output; projects/r3cnn/README.md). Excludes
     # MASK_INFO_FLOW.
     cfg.MODEL.R3CNN.MASK_UNTRAINED_FLOW = False
     # How the loops' classifications merge at inference (Sec. 3, last paragraph: "the mean of the
