@@ -136,7 +136,10 @@ def child_train(spec: dict) -> None:
 
             results = super().test(cfg, model, evaluators)
             if cfg.TEST.EVAL_PERIOD > 0:
-                point = {"iteration": get_event_storage().iter + 1, **metrics_from_results(
+                # after a step the storage holds that step's index; in after_train (the final
+                # evaluation) Detectron2 has moved it to MAX_ITER already
+                it = min(get_event_storage().iter + 1, cfg.SOLVER.MAX_ITER)
+                point = {"iteration": it, **metrics_from_results(
                     results, cfg.OUTPUT_DIR, cfg.DATASETS.TEST[0], cfg.TEST.DETECTIONS_PER_IMAGE)}
                 cls.curve = [p for p in cls.curve if p["iteration"] != point["iteration"]]
                 cls.curve.append(point)
