@@ -17,6 +17,7 @@ from detectron2.utils.events import EventStorage, JSONWriter
 import imbalance
 from imbalance.diagnostics import (
     ImbalanceStatsHook,
+    check_diagnostics_period,
     insert_imbalance_stats_hook,
     iou_bin_names,
     iou_histogram,
@@ -31,7 +32,7 @@ def test_iou_histogram_bins():
     assert iou_bin_names()[0] == "iou_0.50" and iou_bin_names()[-1] == "iou_0.95"
 
 
-def test_histogram_of_a_hand_built_batch_through_the_head():
+def hand_built_head(**opts):
     cfg = get_cfg()
     imbalance.add_imbalance_config(cfg)
     cfg.MODEL.ROI_HEADS.NAME = "SamplingStandardROIHeads"
@@ -42,7 +43,11 @@ def test_histogram_of_a_hand_built_batch_through_the_head():
     cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
     cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 8
-    head = build_roi_heads(cfg, {"p2": ShapeSpec(channels=4, stride=4)})
+    cfg.merge_from_list([x for kv in opts.items() for x in kv])
+    return build_roi_heads(cfg, {"p2": ShapeSpec(channels=4, stride=4)})
+
+
+def hand_built_batch():
     # ground truth [0, 0, 20, 20]; a proposal [0, 0, 20, w] has IoU w / 20
     widths = [[10.5, 13.5, 15.5, 19.5, 5.0, 2.0], [12.5, 12.7, 19.9, 8.0]]
     proposals, targets = [], []
@@ -53,6 +58,12 @@ def test_histogram_of_a_hand_built_batch_through_the_head():
         proposals.append(Instances((32, 32), proposal_boxes=Boxes(boxes),
                                    objectness_logits=torch.zeros(len(ws))))
         targets.append(t)
+    return proposals, targets
+
+
+def test_histogram_of_a_hand_built_batch_through_the_head():
+    head = hand_built_head()
+    proposals, targets = hand_built_batch()
     with EventStorage() as storage:
         sampled = head.label_and_sample_proposals(proposals, targets)
         latest = {k: v for k, (v, _) in storage.latest().items()}
@@ -62,6 +73,9 @@ def test_histogram_of_a_hand_built_batch_through_the_head():
     assert latest["imbalance/roi_head/num_fg"] == 9
     assert latest["imbalance/roi_head/num_bg"] == 3
     assert latest["imbalance/roi_head/fg_bg_ratio"] == pytest.approx(3.0)
+    # Detectron2's own keys, per image
+    assert latest["roi_head/num_fg_samples"] == pytest.approx(4.5)
+    assert latest["roi_head/num_bg_samples"] == pytest.approx(1.5)
     assert sorted(sampled[0].gt_ious.tolist()) == pytest.approx(
         [0.1, 0.25, 0.525, 0.675, 0.775, 0.975, 1.0])
 
@@ -126,3 +140,60 @@ def test_without_hook_metrics_json_misses_iterations(tmp_path):
 def test_insert_hook_without_writer_appends():
     hooks = insert_imbalance_stats_hook([HookBase()])
     assert isinstance(hooks[-1], ImbalanceStatsHook)
+
+
+def test_histogram_counts_only_the_marked_ious():
+    ious = torch.tensor([0.3, 0.52, 0.52, 0.77, 0.99, 1.0])
+    marked = torch.tensor([True, True, False, True, False, True])
+    assert iou_histogram(ious, weights=marked).tolist() == [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_diagnostics_every_n_iterations_through_the_head():
+    """MODEL.IMBALANCE_DIAGNOSTICS_PERIOD 3: the stage's keys (and Detectron2's) are put at
+    iterations 0, 3 and 6 of 0..7 only, with the hand-computed counts of every logged step."""
+    head = hand_built_head(**{"MODEL.IMBALANCE_DIAGNOSTICS_PERIOD": 3})
+    assert head.diagnostics_period == 3
+    with EventStorage() as storage:
+        for it in range(8):
+            storage.iter = it
+            head.label_and_sample_proposals(*hand_built_batch())
+        fg = storage.history("imbalance/roi_head/num_fg").values()
+        d2 = storage.history("roi_head/num_fg_samples").values()
+    assert fg == [(9, 0), (9, 3), (9, 6)]
+    assert [i for _, i in d2] == [0, 3, 6]
+    with pytest.raises(ValueError, match="MODEL.IMBALANCE_DIAGNOSTICS_PERIOD must be an integer"):
+        hand_built_head(**{"MODEL.IMBALANCE_DIAGNOSTICS_PERIOD": 0})
+    assert check_diagnostics_period(1) == 1
+
+
+def test_anchor_stats_read_the_host_once_whatever_the_batch():
+    """One host read (the final .tolist()) for 2 or 16 images and any number of positives: no
+    .item(), int(), bool() or boolean indexing per image."""
+    from torch.overrides import TorchFunctionMode
+
+    reads = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "nonzero", "cpu"}
+
+    class Count(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            boolean_index = name == "__getitem__" and isinstance(args[1], torch.Tensor) and (
+                args[1].dtype == torch.bool)
+            self.n += name in reads or boolean_index
+            return func(*args, **kwargs)
+
+    anchors = [Boxes(torch.rand(50, 2).repeat(1, 2) * 50 + torch.tensor([0.0, 0, 10, 10]))]
+    for images in (2, 16):
+        labels = [torch.randint(-1, 3, (50,)) for _ in range(images)]
+        gt = [anchors[0].tensor + 1 for _ in range(images)]
+        with EventStorage() as storage:
+            with Count() as count:
+                log_anchor_stats(anchors, labels, gt, num_classes=2)
+            latest = {k: v for k, (v, _) in storage.latest().items()}
+        assert count.n == 1
+        assert latest["imbalance/anchors/num_fg"] == int(sum(((x >= 0) & (x < 2)).sum()
+                                                             for x in labels))

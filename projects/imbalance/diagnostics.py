@@ -8,9 +8,13 @@ Detectron2's writers only see the latest value of each key when they run (every 
 ``metrics.json``), so the per-iteration counts of the other 19 iterations would be lost.
 :class:`ImbalanceStatsHook` sums them between writes and puts running totals
 (``imbalance_cum/<stage>/...``) just before the writer runs, so nothing is lost.
+
+Each stage's statistics are counted on the device and read with one host sync per step; with
+``MODEL.IMBALANCE_DIAGNOSTICS_PERIOD`` N > 1 they are computed only every N-th iteration (the
+totals then cover those iterations, and ``imbalance_cum/<stage>/num_iters`` counts them).
 """
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.engine import HookBase
@@ -31,43 +35,77 @@ def iou_bin_names(num_bins: int = IOU_HIST_BINS, lo: float = IOU_HIST_RANGE[0],
     return [f"iou_{lo + k * width:.2f}" for k in range(num_bins)]
 
 
+def diagnostics_due(period: int = 1) -> bool:
+    """Whether the diagnostics are computed at this iteration: every ``period``-th iteration of the
+    current ``EventStorage`` (``MODEL.IMBALANCE_DIAGNOSTICS_PERIOD``), always for ``period`` 1."""
+    return period <= 1 or get_event_storage().iter % period == 0
+
+
+def check_diagnostics_period(period: int) -> int:
+    """Validate ``MODEL.IMBALANCE_DIAGNOSTICS_PERIOD`` (an integer >= 1)."""
+    if int(period) != period or period < 1:
+        raise ValueError(f"MODEL.IMBALANCE_DIAGNOSTICS_PERIOD must be an integer >= 1, got {period}")
+    return int(period)
+
+
 def iou_histogram(ious: torch.Tensor, num_bins: int = IOU_HIST_BINS, lo: float = IOU_HIST_RANGE[0],
-                  hi: float = IOU_HIST_RANGE[1]) -> torch.Tensor:
+                  hi: float = IOU_HIST_RANGE[1], weights: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
     """Counts of ``ious`` in ``num_bins`` equal bins over [lo, hi]; values outside are dropped.
 
     Bins are closed on the left and open on the right, but the last bin includes ``hi`` (IoU 1.0
-    of a ground-truth box added to the proposals).
+    of a ground-truth box added to the proposals). ``weights`` (0/1 or booleans, the shape of
+    ``ious``) counts only the marked values. Computed on the IoUs' device, with no host sync
+    (no boolean indexing): an int64 tensor of ``num_bins`` counts.
     """
-    ious = ious.detach().float().flatten().cpu()
-    ious = ious[(ious >= lo) & (ious <= hi)]
-    idx = ((ious - lo) / (hi - lo) * num_bins).floor().long().clamp_(max=num_bins - 1)
-    return torch.bincount(idx, minlength=num_bins)
+    ious = ious.detach().float().flatten()
+    inside = (ious >= lo) & (ious <= hi)
+    if weights is not None:
+        inside &= weights.flatten().bool()
+    idx = ((ious - lo) / (hi - lo) * num_bins).floor().clamp_(0, num_bins - 1).long()
+    counts = torch.zeros(num_bins, dtype=torch.long, device=ious.device)
+    return counts.index_add_(0, idx, inside.long())
 
 
-def log_sampling_stats(stage: str, fg_ious: torch.Tensor, num_fg: int, num_bg: int) -> None:
+def log_sampling_stats(stage: str, fg_ious: torch.Tensor, num_fg, num_bg,
+                       is_fg: Optional[torch.Tensor] = None) -> Tuple[int, int]:
     """Put one training iteration's sampling statistics of one stage into the ``EventStorage``.
 
     Keys: ``imbalance/<stage>/<bin>`` (counts of positive IoUs, summed over the batch),
-    ``imbalance/<stage>/num_fg``, ``.../num_bg`` and ``.../fg_bg_ratio``.
+    ``imbalance/<stage>/num_fg``, ``.../num_bg`` and ``.../fg_bg_ratio``. Everything is counted
+    on the device and read on the host at once: one host sync per call.
+
     Args:
         stage: e.g. ``"roi_head"``, ``"stage1"``, ``"loop2"``, ``"anchors"``.
-        fg_ious: IoU with its matched ground truth of every sampled positive in the batch.
-        num_fg, num_bg: sampled positives and negatives in the batch.
+        fg_ious: IoU with its matched ground truth of every sampled positive in the batch; or,
+            with ``is_fg``, of every sampled RoI.
+        num_fg, num_bg: sampled positives and negatives in the batch (ints or 0-dim tensors).
+        is_fg: optional mask of ``fg_ious``: the positives among them.
+    Returns:
+        ``(num_fg, num_bg)`` as ints.
     """
     storage = get_event_storage()
     prefix = f"imbalance/{stage}"
-    for name, count in zip(iou_bin_names(), iou_histogram(fg_ious).tolist()):
+    hist = iou_histogram(fg_ious, weights=is_fg)
+    sizes = torch.stack([torch.as_tensor(n, device=hist.device).long() for n in (num_fg, num_bg)])
+    values = torch.cat([hist, sizes]).tolist()  # the one host sync
+    num_fg, num_bg = values[-2], values[-1]
+    for name, count in zip(iou_bin_names(), values[:-2]):
         storage.put_scalar(f"{prefix}/{name}", count, smoothing_hint=False)
     storage.put_scalar(f"{prefix}/num_fg", num_fg, smoothing_hint=False)
     storage.put_scalar(f"{prefix}/num_bg", num_bg, smoothing_hint=False)
     storage.put_scalar(f"{prefix}/fg_bg_ratio", num_fg / max(num_bg, 1), smoothing_hint=False)
+    return num_fg, num_bg
 
 
 def log_anchor_stats(anchors: Sequence[Boxes], gt_labels: Sequence[torch.Tensor],
                      matched_gt_boxes: Sequence[torch.Tensor], num_classes: int,
-                     stage: str = "anchors") -> None:
+                     stage: str = "anchors", period: int = 1) -> None:
     """Dense-head diagnostics: the positive:negative anchor ratio and the positives' IoU histogram
-    of one iteration, as :func:`log_sampling_stats` under ``imbalance/<stage>/``.
+    of one iteration, as :func:`log_sampling_stats` under ``imbalance/<stage>/``; only every
+    ``period``-th iteration (:func:`diagnostics_due`). One host sync, whatever the number of
+    images, anchors or objects: the IoU of every anchor with its matched box is computed and the
+    positives are counted by a mask, not gathered.
 
     Args:
         anchors: per feature level, the anchors of one image (shared by the batch), as given to
@@ -76,16 +114,17 @@ def log_anchor_stats(anchors: Sequence[Boxes], gt_labels: Sequence[torch.Tensor]
             positives, K for negatives, -1 ignored.
         matched_gt_boxes: per image, (R, 4) matched ground-truth boxes from ``label_anchors``.
         num_classes: K.
+        period: ``MODEL.IMBALANCE_DIAGNOSTICS_PERIOD``.
     """
+    if not diagnostics_due(period):
+        return
     all_anchors = Boxes.cat(list(anchors)) if len(anchors) > 1 else anchors[0]
-    fg_ious, num_fg, num_bg = [], 0, 0
-    for labels, gt_boxes in zip(gt_labels, matched_gt_boxes):
-        pos = (labels >= 0) & (labels != num_classes)
-        num_fg += int(pos.sum())
-        num_bg += int((labels == num_classes).sum())
-        if pos.any():
-            fg_ious.append(matched_pairwise_iou(all_anchors[pos], Boxes(gt_boxes[pos])))
-    log_sampling_stats(stage, torch.cat(fg_ious) if fg_ious else torch.zeros(0), num_fg, num_bg)
+    labels = torch.stack(list(gt_labels))  # (N, R)
+    pos = (labels >= 0) & (labels != num_classes)
+    ious = torch.stack([
+        matched_pairwise_iou(all_anchors, Boxes(getattr(g, "tensor", g))) for g in matched_gt_boxes
+    ])
+    log_sampling_stats(stage, ious, pos.sum(), (labels == num_classes).sum(), is_fg=pos)
 
 
 # The per-iteration keys of log_sampling_stats that are counts (summed by ImbalanceStatsHook).

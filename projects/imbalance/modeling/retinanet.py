@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
 
-from ..diagnostics import log_anchor_stats
+from ..diagnostics import check_diagnostics_period, log_anchor_stats
 from ..losses.ghm import GHMCLoss, GHMRLoss
 
 CLS_LOSSES = ("focal", "ghmc")
@@ -46,7 +46,8 @@ class DenseImbalanceMixin:
     @configurable
     def __init__(self, *, cls_loss: str = "focal", ghmc: Optional[GHMCLoss] = None,
                  ghmc_per_level: bool = True, bbox_loss: str = "retinanet",
-                 ghmr: Optional[GHMRLoss] = None, ghmr_per_level: bool = True, **kwargs):
+                 ghmr: Optional[GHMRLoss] = None, ghmr_per_level: bool = True,
+                 diagnostics_period: int = 1, **kwargs):
         """
         Args:
             cls_loss: "focal" or "ghmc" (then ``ghmc`` is the loss, default ``GHMCLoss()``).
@@ -55,6 +56,7 @@ class DenseImbalanceMixin:
             bbox_loss: "retinanet" (RetinaNet's ``box_reg_loss_type``) or "ghmr" (then ``ghmr``
                 is the loss, default ``GHMRLoss()``).
             ghmr_per_level: the same for GHM-R.
+            diagnostics_period: log the anchor diagnostics every that many iterations.
             kwargs: the arguments of the RetinaNet class mixed with.
         """
         super().__init__(**kwargs)
@@ -68,6 +70,7 @@ class DenseImbalanceMixin:
         self.ghmc = (ghmc or GHMCLoss()) if cls_loss == "ghmc" else None
         self.ghmr = (ghmr or GHMRLoss()) if bbox_loss == "ghmr" else None
         self.ghmc_per_level, self.ghmr_per_level = bool(ghmc_per_level), bool(ghmr_per_level)
+        self.diagnostics_period = check_diagnostics_period(diagnostics_period)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -80,6 +83,7 @@ class DenseImbalanceMixin:
             bbox_loss=cfg.MODEL.RETINANET.BBOX_LOSS,
             ghmr=GHMRLoss(r.MU, r.BINS, r.MOMENTUM, r.LOSS_WEIGHT),
             ghmr_per_level=r.PER_LEVEL,
+            diagnostics_period=cfg.MODEL.get("IMBALANCE_DIAGNOSTICS_PERIOD", 1),
         )
         return ret
 
@@ -87,7 +91,8 @@ class DenseImbalanceMixin:
                gt_labels: List[torch.Tensor], pred_anchor_deltas: List[torch.Tensor],
                gt_boxes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Same arguments and keys as ``RetinaNet.losses``; see the class docstring."""
-        log_anchor_stats(anchors, gt_labels, gt_boxes, self.num_classes)
+        log_anchor_stats(anchors, gt_labels, gt_boxes, self.num_classes,
+                         period=self.diagnostics_period)
         losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
         labels = torch.stack(gt_labels)  # (N, R)
         sizes = [x.shape[1] for x in pred_logits]

@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..diagnostics import log_sampling_stats
+from ..diagnostics import check_diagnostics_period, diagnostics_due, log_sampling_stats
 from ..losses.fast_rcnn import fast_rcnn_per_roi_losses
 from d2infra.modeling.box_predictor import (
     PredictorFromConfigMixin,
@@ -53,14 +53,23 @@ class RoISamplingMixin:
     """
 
     @configurable
-    def __init__(self, *, roi_sampler: RoISampler, **kwargs):
+    def __init__(self, *, roi_sampler: RoISampler, diagnostics_period: int = 1, **kwargs):
+        """
+        Args:
+            roi_sampler: the sampler of every image's candidates.
+            diagnostics_period: log the sampling diagnostics every that many iterations.
+            kwargs: the arguments of the ROI head mixed with.
+        """
         super().__init__(**kwargs)
         self.roi_sampler = roi_sampler
+        self.diagnostics_period = check_diagnostics_period(diagnostics_period)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["roi_sampler"] = build_roi_sampler(cfg)
+        ret["diagnostics_period"] = check_diagnostics_period(
+            cfg.MODEL.get("IMBALANCE_DIAGNOSTICS_PERIOD", 1))
         sampler = ret["roi_sampler"]
         if sampler.produces_weights:
             predictors = ret.get("box_predictors") or [ret.get("box_predictor")]
@@ -246,8 +255,7 @@ class RoISamplingMixin:
         if self.roi_sampler.needs_predictions:
             self._batch_candidate_heads(proposals, candidates, stage)
 
-        sampled_proposals, fg_ious = [], []
-        num_fg, num_bg = 0, 0
+        sampled_proposals, sampled_ious, sampled_fg, sampled_bg = [], [], [], []
         for proposals_per_image, targets_per_image, cands in zip(proposals, targets, candidates):
             has_gt = len(targets_per_image) > 0
             labels, ious, matched_idxs = cands.labels, cands.ious, cands.matched_idxs
@@ -264,18 +272,21 @@ class RoISamplingMixin:
                     if name.startswith("gt_") and not proposals_per_image.has(name):
                         proposals_per_image.set(name, value[sampled_targets])
 
-            is_fg = (labels[idx] >= 0) & (labels[idx] < self.num_classes)
-            fg_ious.append(ious[idx][is_fg])
-            num_fg += int(is_fg.sum())
-            num_bg += int((labels[idx] == self.num_classes).sum())
+            sampled_ious.append(ious[idx])
+            sampled_fg.append((labels[idx] >= 0) & (labels[idx] < self.num_classes))
+            sampled_bg.append(labels[idx] == self.num_classes)
             sampled_proposals.append(proposals_per_image)
 
-        # Detectron2's own keys (per image), then the shared imbalance diagnostics (per batch).
-        storage = get_event_storage()
-        prefix = "" if stage == "roi_head" else f"{stage}/"
-        storage.put_scalar(f"{prefix}roi_head/num_fg_samples", num_fg / max(len(proposals), 1))
-        storage.put_scalar(f"{prefix}roi_head/num_bg_samples", num_bg / max(len(proposals), 1))
-        log_sampling_stats(stage, torch.cat(fg_ious) if fg_ious else torch.zeros(0), num_fg, num_bg)
+        if diagnostics_due(self.diagnostics_period):
+            # The shared imbalance diagnostics (per batch), counted on the device with one host
+            # sync, then Detectron2's own keys (per image) from the same counts.
+            is_fg = torch.cat(sampled_fg)
+            num_fg, num_bg = log_sampling_stats(stage, torch.cat(sampled_ious), is_fg.sum(),
+                                                torch.cat(sampled_bg).sum(), is_fg=is_fg)
+            storage = get_event_storage()
+            prefix = "" if stage == "roi_head" else f"{stage}/"
+            storage.put_scalar(f"{prefix}roi_head/num_fg_samples", num_fg / max(len(proposals), 1))
+            storage.put_scalar(f"{prefix}roi_head/num_bg_samples", num_bg / max(len(proposals), 1))
         return sampled_proposals
 
 
@@ -335,7 +346,7 @@ class SamplingCascadeROIHeads(RoISamplingMixin, SoftmaxClassificationMixin, Casc
         and the stage's diagnostics. Returns the same proposals with ``gt_classes``, ``gt_boxes``,
         ``gt_ious`` and ``loss_weights``."""
         proposals = super()._match_and_label_boxes(proposals, stage, targets)
-        fg_ious, num_fg, num_bg = [], 0, 0
+        all_ious, all_fg = [], []
         for proposals_per_image, targets_per_image in zip(proposals, targets):
             boxes = proposals_per_image.proposal_boxes
             if len(targets_per_image) > 0:
@@ -344,10 +355,10 @@ class SamplingCascadeROIHeads(RoISamplingMixin, SoftmaxClassificationMixin, Casc
                 ious = boxes.tensor.new_zeros(len(boxes))
             proposals_per_image.gt_ious = ious
             proposals_per_image.loss_weights = torch.ones_like(ious)
-            is_fg = proposals_per_image.gt_classes != self.num_classes
-            fg_ious.append(ious[is_fg])
-            num_fg += int(is_fg.sum())
-            num_bg += int((~is_fg).sum())
-        log_sampling_stats(f"stage{stage}", torch.cat(fg_ious) if fg_ious else torch.zeros(0),
-                           num_fg, num_bg)
+            all_ious.append(ious)
+            all_fg.append(proposals_per_image.gt_classes != self.num_classes)
+        if diagnostics_due(self.diagnostics_period):  # one host sync for the batch
+            is_fg = torch.cat(all_fg)
+            log_sampling_stats(f"stage{stage}", torch.cat(all_ious), is_fg.sum(), (~is_fg).sum(),
+                               is_fg=is_fg)
         return proposals
