@@ -214,3 +214,38 @@ def test_inference_reads_the_maskiou_of_the_predicted_class_with_two_classes():
     assert set(classes.tolist()) == {0, 1}
     expected = torch.tensor([0.3, 0.8])[classes]
     assert torch.allclose(torch.cat([i.pred_maskiou for i in out]), expected)
+
+
+def _shaped(kind, masks_type):
+    """An 8x8 image holding an L (left two columns plus bottom two rows: 16 + 12 = 28 px) or a
+    ring (the image less its middle 4x4: 48 px); the RoI is the whole image (M = 8)."""
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    if kind == "L":
+        gt[0, :, :2] = True
+        gt[0, 6:, :] = True
+        polygons = [[0.0, 0.0, 2.0, 0.0, 2.0, 6.0, 8.0, 6.0, 8.0, 8.0, 0.0, 8.0]]
+    else:
+        gt[0] = True
+        gt[0, 2:6, 2:6] = False
+        polygons = [[0.0, 0.0, 8.0, 0.0, 8.0, 2.0, 0.0, 2.0], [0.0, 6.0, 8.0, 6.0, 8.0, 8.0, 0.0, 8.0],
+                    [0.0, 2.0, 2.0, 2.0, 2.0, 6.0, 0.0, 6.0], [6.0, 2.0, 8.0, 2.0, 8.0, 6.0, 6.0, 6.0]]
+    masks = BitMasks(gt) if masks_type == "bitmask" else PolygonMasks([polygons])
+    return gt[0], Instances((8, 8), proposal_boxes=Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]])),
+                            gt_masks=masks)
+
+
+@pytest.mark.parametrize("masks_type", ["bitmask", "polygon"])
+@pytest.mark.parametrize("kind,area", [("L", 28), ("ring", 48)])
+def test_target_of_masks_that_are_not_their_box(masks_type, kind, area):
+    """The whole RoI predicted: IoU area / 64 (a target taken from the box would be 1); the mask
+    itself predicted: 1; the targets given (as the mask loss's cropped ones) or cropped here
+    agree."""
+    gt, inst = _shaped(kind, masks_type)
+    full = torch.full((1, 8, 8), 3.0)
+    assert torch.allclose(mask_iou_targets(full, [inst]), torch.tensor([area / 64.0]))
+    exact = torch.where(gt, 3.0, -3.0)[None]
+    assert torch.allclose(mask_iou_targets(exact, [inst]), torch.tensor([1.0]))
+    cropped = inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, 8)
+    assert torch.equal(cropped, gt[None])
+    assert torch.allclose(mask_iou_targets(full, [inst], gt_masks=cropped),
+                          torch.tensor([area / 64.0]))

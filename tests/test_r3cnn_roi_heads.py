@@ -1108,3 +1108,91 @@ def test_samplers_plug_into_every_loop(sampler):
         n = latest[f"imbalance/loop{t}/num_fg"][0] + latest[f"imbalance/loop{t}/num_bg"][0]
         if sampler != "pisa":  # PISA keeps every candidate (soft sampling)
             assert 0 < n <= 2 * 16  # at most BATCH_SIZE_PER_IMAGE RoIs per image and loop
+
+
+def _shape_polygons(kind, box):
+    """Polygons (lists of x, y) of an L or a ring inside ``box``, not filling it: the L is the
+    box's left third plus its bottom third; the ring is the box less its middle (four bands)."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if kind == "L":
+        return [[x0, y0, x0 + w / 3, y0, x0 + w / 3, y1 - h / 3, x1, y1 - h / 3, x1, y1, x0, y1]]
+    a, b = w / 4, h / 4
+
+    def rect(u0, v0, u1, v1):
+        return [u0, v0, u1, v0, u1, v1, u0, v1]
+    return [rect(x0, y0, x1, y0 + b), rect(x0, y1 - b, x1, y1), rect(x0, y0 + b, x0 + a, y1 - b),
+            rect(x1 - a, y0 + b, x1, y1 - b)]
+
+
+def make_shaped_targets(kind, fmt):
+    """make_targets' boxes and classes with L-shaped or ring masks, as polygons or bitmasks."""
+    from detectron2.structures import PolygonMasks, polygons_to_bitmask
+
+    targets = make_targets()
+    for inst in targets:
+        polygons = [_shape_polygons(kind, b) for b in inst.gt_boxes.tensor.tolist()]
+        if fmt == "polygon":
+            inst.gt_masks = PolygonMasks(polygons)
+        else:
+            inst.gt_masks = BitMasks(torch.stack([
+                torch.from_numpy(polygons_to_bitmask(p, *IMAGE_SIZE)) for p in polygons]))
+    return targets
+
+
+@pytest.mark.parametrize("kind", ["L", "ring"])
+@pytest.mark.parametrize("fmt", ["polygon", "bitmask"])
+def test_mask_targets_of_shaped_masks_are_detectron2s(kind, fmt):
+    """L-shaped and ring masks (not their boxes): each loop's mask loss equals Detectron2's
+    mask_rcnn_loss, whose targets are the instances' own crop_and_resize per RoI, on that loop's
+    RoIs; it differs from the loss against masks filling the boxes; and the targets are cropped
+    once per image and step (one crop_and_resize call per image, not one per loop and MaskIoU)."""
+    from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+    from detectron2.structures import PolygonMasks
+
+    heads = build(make_cfg(MASKIOU_ON=True))
+    randomize_regression(heads, scale=0.2)
+    with torch.no_grad():  # logits far from 0, so that the loss tells the targets apart
+        heads.mask_head.predictor.weight.copy_(torch.randn(
+            heads.mask_head.predictor.weight.shape, generator=torch.Generator().manual_seed(5)))
+    features = make_features()
+    rois = _spy_mask_rois(heads)
+    masks_type = PolygonMasks if fmt == "polygon" else BitMasks
+    crops = []
+    original = masks_type.crop_and_resize
+
+    def counting(self, boxes, mask_size):
+        crops.append(len(boxes))
+        return original(self, boxes, mask_size)
+
+    masks_type.crop_and_resize = counting
+    try:
+        with EventStorage():
+            _, losses = heads(None, features, make_proposals(near_gt=3),
+                              make_shaped_targets(kind, fmt))
+            crops_in_step = list(crops)
+            for t, loop in enumerate(rois):
+                assert sum(len(i) for i in loop) > 0
+                x = heads.mask_pooler([features["p2"]], [i.proposal_boxes for i in loop])
+                logits = heads.mask_head.layers(x)
+                ref = heads.loop_loss_weights[t] * mask_rcnn_loss(logits, loop, 0)
+                assert torch.allclose(losses[f"loss_mask_loop{t}"], ref, rtol=0, atol=1e-6), t
+                boxy = copy.deepcopy(loop)
+                for inst in boxy:
+                    inst.gt_masks = BitMasks(torch.stack([
+                        torch.from_numpy(polygons_to_box_mask(b)) for b in inst.gt_boxes.tensor]))
+                box_ref = heads.loop_loss_weights[t] * mask_rcnn_loss(logits, boxy, 0)
+                assert (losses[f"loss_mask_loop{t}"] - box_ref).abs() > 1e-3, t
+    finally:
+        masks_type.crop_and_resize = original
+    assert len(crops_in_step) == 2  # one call per image, for all three loops and MaskIoU
+
+
+def polygons_to_box_mask(box):
+    """The mask that fills ``box``: the target a box-derived computation would give."""
+    import numpy as np
+
+    mask = np.zeros(IMAGE_SIZE, dtype=bool)
+    x0, y0, x1, y1 = [int(round(v)) for v in box.tolist()]
+    mask[y0:y1, x0:x1] = True
+    return mask

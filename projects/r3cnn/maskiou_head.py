@@ -1,5 +1,5 @@
 """The MaskIoU branch of Mask Scoring R-CNN (Huang et al., CVPR 2019) as R^3-CNN-L builds it."""
-from typing import List
+from typing import List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -83,7 +83,8 @@ def _mask_areas(masks) -> torch.Tensor:
 
 
 def mask_iou_targets(mask_logits: torch.Tensor, instances: List[Instances],
-                     logit_threshold: float = 0.5) -> torch.Tensor:
+                     logit_threshold: float = 0.5,
+                     gt_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mask Scoring R-CNN's MaskIoU target: the IoU of each binarised predicted mask with the
     *whole* ground-truth instance, also the part of it outside the RoI.
 
@@ -99,6 +100,8 @@ def mask_iou_targets(mask_logits: torch.Tensor, instances: List[Instances],
         logit_threshold: a cell is predicted foreground iff its logit exceeds it. The authors'
             code compares the logits with ``mask_thr_binary`` 0.5 (probability > sigmoid(0.5) =
             0.62); 0.0 is probability > 0.5, the threshold Mask Scoring R-CNN's paper states.
+        gt_masks: (R, M, M) the instances cropped to the RoIs (``gt_masks.crop_and_resize``),
+            when the mask loss has them already; cropped here if None.
     Returns:
         (R,) targets in [0, 1].
     """
@@ -107,8 +110,9 @@ def mask_iou_targets(mask_logits: torch.Tensor, instances: List[Instances],
     if not instances:
         return mask_logits.new_zeros((0,))
     boxes = cat([i.proposal_boxes.tensor for i in instances], dim=0).to(mask_logits.device)
-    gt = cat([i.gt_masks.crop_and_resize(i.proposal_boxes.tensor, side)
-              for i in instances], dim=0).to(mask_logits.device)
+    gt = gt_masks if gt_masks is not None else cat(
+        [i.gt_masks.crop_and_resize(i.proposal_boxes.tensor, side) for i in instances], dim=0)
+    gt = gt.to(mask_logits.device)
     gt = gt if gt.dtype == torch.bool else gt > 0.5
     instance_area = cat([_mask_areas(i.gt_masks) for i in instances], dim=0).to(mask_logits.device)
     box_area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)

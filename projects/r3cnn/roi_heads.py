@@ -18,9 +18,9 @@ from detectron2.modeling.roi_heads.mask_head import (
     BaseMaskRCNNHead,
     MaskRCNNConvUpsampleHead,
     mask_rcnn_inference,
-    mask_rcnn_loss,
 )
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils.events import get_event_storage
 from d2infra.modeling.box_predictor import PredictorFromConfigMixin
 from imbalance.samplers.roi_heads import RoISamplingMixin
 from torch import nn
@@ -51,6 +51,54 @@ def check_loop_config(num_loops_train: int, num_loops_test: int, iou_thresholds:
     for u in iou_thresholds:
         if not 0.0 < u < 1.0:
             raise ValueError(f"MODEL.R3CNN.IOU_THRESHOLDS must lie in (0, 1), got {u}")
+
+
+def _mask_loss(pred_mask_logits: torch.Tensor, gt_classes: torch.Tensor, gt_masks: torch.Tensor,
+               vis_period: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Detectron2's :func:`mask_rcnn_loss` on targets already cropped: the mean binary
+    cross-entropy of each RoI's ground-truth class mask (or the class-agnostic one) against
+    ``gt_masks`` (R, M, M). Its logged statistics (accuracy, false positive and negative rates)
+    are returned as a device tensor instead of read on the host (:func:`_put_mask_stats`).
+
+    Returns:
+        The loss, and a (3,) tensor: accuracy, false positive rate, false negative rate.
+    """
+    if pred_mask_logits.size(1) == 1:
+        pred_mask_logits = pred_mask_logits[:, 0]
+    else:
+        indices = torch.arange(len(gt_classes), device=pred_mask_logits.device)
+        pred_mask_logits = pred_mask_logits[indices, gt_classes]
+    gt_masks_bool = gt_masks if gt_masks.dtype == torch.bool else gt_masks > 0.5
+    gt_masks = gt_masks.to(dtype=torch.float32)
+    mask_incorrect = (pred_mask_logits > 0.0) != gt_masks_bool
+    num_positive = gt_masks_bool.sum()
+    stats = torch.stack([
+        1 - mask_incorrect.sum() / max(mask_incorrect.numel(), 1.0),
+        (mask_incorrect & ~gt_masks_bool).sum() / (gt_masks_bool.numel() - num_positive).clamp(
+            min=1.0),
+        (mask_incorrect & gt_masks_bool).sum() / num_positive.clamp(min=1.0),
+    ])
+    storage = get_event_storage()
+    if vis_period > 0 and storage.iter % vis_period == 0:
+        vis_masks = torch.cat([pred_mask_logits.sigmoid(), gt_masks], axis=2)
+        name = "Left: mask prediction;   Right: mask GT"
+        for idx, vis_mask in enumerate(vis_masks):
+            storage.put_image(name + f" ({idx})", torch.stack([vis_mask] * 3, axis=0))
+    loss = F.binary_cross_entropy_with_logits(pred_mask_logits, gt_masks, reduction="mean")
+    return loss, stats
+
+
+def _put_mask_stats(stats: List[torch.Tensor]) -> None:
+    """Put each loop's mask statistics under Detectron2's keys (``mask_rcnn/accuracy``,
+    ``.../false_positive``, ``.../false_negative``, once per loop as its mask loss does), read
+    on the host at once."""
+    if not stats:
+        return
+    storage = get_event_storage()
+    for accuracy, false_positive, false_negative in torch.stack(stats).tolist():
+        storage.put_scalar("mask_rcnn/accuracy", accuracy)
+        storage.put_scalar("mask_rcnn/false_positive", false_positive)
+        storage.put_scalar("mask_rcnn/false_negative", false_negative)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -452,16 +500,22 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
 
         One pooler call and, without the trained flow, one mask-head pass over the distinct RoIs
         of all loops: a box in several loops (the ground truth, added in every loop) is pooled and
-        passed once, its logits serving each loop that has it. Loop t's loss is Detectron2's mask
-        loss on its rows, as if its RoIs were pooled and passed alone."""
+        passed once, its logits serving each loop that has it. The mask targets are cropped once
+        per step, for those distinct RoIs (:meth:`_distinct_mask_targets`), and shared by every
+        loop's mask loss and by the MaskIoU targets. Loop t's loss is Detectron2's mask loss on
+        its rows (:func:`mask_rcnn_loss`), as if its RoIs were pooled and passed alone."""
         num_images = len(loop_instances[0])
-        distinct, rows_of = [], []  # per image: distinct boxes; each loop RoI's pooled row
+        distinct, rows_of, first_of = [], [], []  # per image: distinct boxes, RoI rows, 1st RoI
         offset = 0
         for i in range(num_images):
             boxes = cat([loop[i].proposal_boxes.tensor for loop in loop_instances])
             unique, inverse = torch.unique(boxes, dim=0, return_inverse=True)
             distinct.append(Boxes(unique))
             rows_of.append(inverse + offset)
+            first = torch.full((len(unique),), len(inverse), dtype=torch.int64,
+                               device=inverse.device)
+            first_of.append(first.scatter_reduce_(
+                0, inverse, torch.arange(len(inverse), device=inverse.device), reduce="amin"))
             offset += len(unique)
         x = self.mask_pooler([features[f] for f in self.mask_in_features], distinct)
         rows_of = cat(rows_of)  # image by image, loop by loop within an image
@@ -471,16 +525,51 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         shared = None if self.mask_flow_trained and self.mask_flow_conv is not None else (
             self._mask_logits(x, 1)[-1])
         last = len(loop_instances) - 1
-        out = []
+        gt_masks = None  # (distinct RoIs, M, M) targets, cropped on first use
+        out, stats = [], []
         for t, instances in enumerate(loop_instances):
             rows = rows_of[loop_of_roi == t]
             logits = (self._mask_logits(x[rows], t + 1)[-1] if shared is None else shared[rows])
-            losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.mask_head.vis_period)
-                      * self.mask_head.loss_weight}
+            if len(rows) == 0:  # no positive in the batch: Detectron2's zero loss, no statistics
+                out.append({"loss_mask": logits.sum() * 0 * self.mask_head.loss_weight})
+                continue
+            if gt_masks is None:
+                gt_masks = self._distinct_mask_targets(loop_instances, distinct, first_of,
+                                                       logits.shape[-1], logits.device)
+            gt_classes = cat([i.gt_classes for i in instances]).to(dtype=torch.int64)
+            loss, loop_stats = _mask_loss(logits, gt_classes, gt_masks[rows],
+                                          self.mask_head.vis_period)
+            stats.append(loop_stats)
+            losses = {"loss_mask": loss * self.mask_head.loss_weight}
             if t == last and self.maskiou_head is not None:
-                losses["loss_maskiou"] = self._maskiou_loss(x[rows], logits, instances)
+                losses["loss_maskiou"] = self._maskiou_loss(x[rows], logits, instances,
+                                                            gt_masks[rows])
             out.append(losses)
+        _put_mask_stats(stats)
         return out
+
+    @torch.no_grad()
+    def _distinct_mask_targets(self, loop_instances: List[List[Instances]],
+                               distinct: List[Boxes], first_of: List[torch.Tensor], side: int,
+                               device: torch.device) -> torch.Tensor:
+        """The Mask R-CNN targets (``gt_masks.crop_and_resize``, as Detectron2's mask loss makes
+        them: polygons rasterised in the box on the host, bitmasks RoI-aligned on their device)
+        of each image's distinct mask RoIs, cropped once per step for all loops.
+
+        A distinct box takes the matched instance of its first RoI: every RoI with that box has
+        the same one (the matcher's argmax over the same ground truth).
+
+        Returns:
+            (sum of distinct boxes, side, side) booleans, image by image (the pooler's rows).
+        """
+        targets = []
+        for i, (boxes, first) in enumerate(zip(distinct, first_of)):
+            if len(boxes) == 0:
+                continue
+            per_loop = [loop[i] for loop in loop_instances if len(loop[i]) > 0]
+            masks = type(per_loop[0].gt_masks).cat([p.gt_masks for p in per_loop])
+            targets.append(masks[first].crop_and_resize(boxes.tensor, side).to(device=device))
+        return cat(targets, dim=0)
 
     def _class_mask_logits(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """(R, M, M) logits of each RoI's class (or of the class-agnostic mask)."""
@@ -495,19 +584,21 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         idx = classes if pred.shape[1] > 1 else torch.zeros_like(classes)
         return pred[torch.arange(len(idx), device=pred.device), idx]
 
-    def _maskiou_loss(self, x: torch.Tensor, logits: torch.Tensor,
-                      instances: List[Instances]) -> torch.Tensor:
+    def _maskiou_loss(self, x: torch.Tensor, logits: torch.Tensor, instances: List[Instances],
+                      gt_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mask Scoring R-CNN's L2 loss between predicted and target mask IoU (ground-truth
         class), on the positives whose target is > 0, times ``MASKIOU_LOSS_WEIGHT``. As theirs
-        (``FCCMaskIoUHead.loss``), the mask logits enter the MaskIoU head undetached."""
+        (``FCCMaskIoUHead.loss``), the mask logits enter the MaskIoU head undetached.
+        ``gt_masks``: the RoIs' cropped targets when already computed (the mask loss's)."""
         gt_classes = cat([i.gt_classes for i in instances])  # one Instances per image
         class_logits = self._class_mask_logits(logits, gt_classes)
         pred_iou = self._maskiou_of_class(x, class_logits, gt_classes)
-        target = mask_iou_targets(class_logits.detach(), instances, self.maskiou_logit_thresh)
-        positive = target > 0
-        if not positive.any():
-            return pred_iou.sum() * 0.0
-        return F.mse_loss(pred_iou[positive], target[positive]) * self.maskiou_loss_weight
+        target = mask_iou_targets(class_logits.detach(), instances, self.maskiou_logit_thresh,
+                                  gt_masks=gt_masks)
+        # The mean over the positive targets, without gathering them (no host sync): 0 without.
+        positive = (target > 0).to(pred_iou.dtype)
+        squared = (pred_iou - target.to(pred_iou.dtype)) ** 2 * positive
+        return squared.sum() / positive.sum().clamp(min=1.0) * self.maskiou_loss_weight
 
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         """Inference: masks on the final boxes. One pass of the mask head; with a flow,
