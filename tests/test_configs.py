@@ -1,13 +1,14 @@
 """Every config under configs/ loads and builds its model, and the model is what the config's name
 and keys promise: the backbone (R-50 / R-101 / X-101 32x8d / the small embedded ResNet), the
 dataset and its classes, the schedule ("1x"), the head (cascade stages, masks, offset bins K and
-decoding, IoU-aware confidence, sampler, R^3-CNN loops), and the thresholds the heads actually use.
+decoding, IoU-aware confidence, sampler, R^3-CNN loops), and the thresholds the heads actually use;
+the COCO configs of the imbalance methods hold the values of the reference configs they follow.
 
 One model build per config, on PyTorch's "meta" device (parameters with shapes and no storage,
 nothing initialised: the checks read the model's structure and the values its parts were
 configured with, never weights; half the time of a CPU build); no training step (each project's
 training is exercised by its head tests, tests/test_standalone_configs.py and
-tests/test_train_net.py).
+tests/test_train_net.py; one step of every COCO config by tests/test_coco_configs_step.py).
 """
 import glob
 import os
@@ -181,6 +182,40 @@ def check_dense(name, cfg, model):
     return cfg.MODEL.RETINANET.NUM_CLASSES, 0.5  # Table 3's alpha
 
 
+def check_coco_references(name, cfg, model):
+    """COCO configs of the imbalance methods: the values of the reference configs they follow
+    (mmdetection's configs/pisa, configs/faster_rcnn ohem, configs/libra_rcnn, configs/ghm; the
+    IoU-aware authors' FCOS test_cfg), and the members of a pair sharing their baseline's loss."""
+    if "pisa" in name:  # rpn_proposal and test_cfg.rpn: max_per_img 2000 (baseline: 1000)
+        rpn = model.proposal_generator
+        assert (rpn.post_nms_topk[True], rpn.post_nms_topk[False]) == (2000, 2000)
+        assert cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA == 1.0  # SmoothL1Loss(beta=1.0)
+    elif cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and "r3cnn" not in name:
+        rpn = model.proposal_generator  # the Detectron2 baseline's proposals (1000, or 2000 in
+        expected = 2000 if "cascade" in name else 1000  # training for Cascade R-CNN)
+        assert (rpn.post_nms_topk[True], rpn.post_nms_topk[False]) == (expected, 1000)
+    for sampler in ("ohem", "pisa", "iou_balanced"):  # sampler num 512, pos_fraction 0.25
+        if f"_{sampler}_" in name:
+            heads = model.roi_heads
+            assert (heads.batch_size_per_image, heads.positive_fraction) == (512, 0.25)
+    if "_ohem_" in name:
+        assert model.roi_heads.roi_sampler.variant == ("mmdetection" if "mmdet" in name
+                                                       else "paper")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if "ghm" in name:  # optim_wrapper clip_grad max_norm 35, norm_type 2
+        assert (model.cls_loss, model.bbox_loss) == ("ghmc", "ghmr" if "_ghm_" in name else
+                                                     "retinanet")
+        assert (model.ghmc.bins, model.ghmc.momentum) == (30, 0.75)
+        assert (clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE) == (
+            True, "full_model", 35.0, 2.0)
+    else:
+        assert not clip.ENABLED
+    if "retinanet" in name:  # every RetinaNet pair keeps Detectron2's box loss (GHM-R replaces it)
+        assert (model.box_reg_loss_type, model.smooth_l1_beta) == ("smooth_l1", 0.1)
+    if "fcos" in name:  # the IoU-aware FCOS authors' test_cfg, for both members of the pair
+        assert (model.test_score_thresh, model.test_nms_thresh) == (0.05, 0.5)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=stem)
 def test_config_builds_the_model_its_name_says(path):
     name, cfg = stem(path), load(path)
@@ -199,3 +234,5 @@ def test_config_builds_the_model_its_name_says(path):
             assert model.iou_alpha == (default_alpha if alpha is None else alpha)
             assert model.iou_loss_type == ("l2" if "_l2_" in name else "bce")
     check_data_and_schedule(name, cfg, num_classes)
+    if name.endswith("_coco"):
+        check_coco_references(name, cfg, model)
