@@ -225,11 +225,51 @@ def test_deform_conv_backward_filter_applies_scale():
 def test_deform_conv_rejects_inconsistent_groups():
     x, offset, _, weight, _, _, cfg = _deform_case(4, modulated=False)
     out = x.new_empty(0)
-    with pytest.raises(ValueError, match="offset"):
+    with pytest.raises(RuntimeError, match="offset"):
         # kW, kH, dW, dH, padW, padH, dilW, dilH, group=2, deformable_group=1 (offset has 2)
         ours.deform_conv_forward(
             x, weight, offset, out, out, out, 2, 3, 1, 2, 1, 2, 2, 1, 2, 1, 1
         )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_wrong_offset_or_mask_channels_raise_runtime_error(device):
+    """Detectron2's own check (v0.6 tests/layers/test_deformable.py, test_raise_exception): an
+    offset or a mask with the wrong channel count raises RuntimeError through its layers, as its
+    compiled op's TORCH_CHECK does; callers catching RuntimeError see it."""
+    x = _to(torch.rand(1, 1, 3, 3), device)
+    offset = _to(torch.randn(1, 9, 3, 3), device)  # 2 * 3 * 3 channels expected
+    deform = DeformConv(1, 1, kernel_size=3, padding=1).to(x.device)
+    with pytest.raises(RuntimeError, match="offset has 9 channels"):
+        deform(x, offset)
+    offset = _to(torch.randn(1, 18, 3, 3), device)
+    mask = _to(torch.ones(1, 18, 3, 3), device)  # 3 * 3 channels expected
+    modulated = ModulatedDeformConv(1, 1, 3, padding=1, bias=False).to(x.device)
+    with pytest.raises(RuntimeError, match="mask has 18 channels"):
+        modulated(x, offset, mask)
+
+
+def _wrong_offset_call(module, device: str):
+    """``deform_conv_forward`` of ``module`` with an offset of 9 channels for a 3x3 kernel."""
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    x, weight = torch.rand(1, 1, 3, 3, device=dev), torch.rand(1, 1, 3, 3, device=dev)
+    offset, out = torch.randn(1, 9, 3, 3, device=dev), torch.empty(0, device=dev)
+    # kW, kH, dW, dH, padW, padH, dilW, dilH, group, deformable_group, im2col_step
+    module.deform_conv_forward(x, weight, offset, out, torch.empty(0, device=dev),
+                               torch.empty(0, device=dev), 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+
+
+@needs_compiled
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_wrong_offset_channels_raise_the_compiled_ops_exception_type(device):
+    """The same call to Detectron2's compiled op and to ours raises the same type. (Without CUDA
+    the compiled op raises RuntimeError before its channel check: it has no CPU kernel.)"""
+    with pytest.raises(Exception) as compiled:
+        _wrong_offset_call(installed_C, device)
+    with pytest.raises(Exception) as ours_:
+        _wrong_offset_call(ours, device)
+    assert compiled.type is RuntimeError and ours_.type is RuntimeError
+    assert "offset" in str(ours_.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +469,12 @@ def test_roi_align_rotated_gradcheck():
     )
 
 
+def test_roi_align_rotated_negative_size_raises_runtime_error():
+    rois = torch.tensor([[0, 2.0, 2.0, -1.0, 2.0, 0.0]])
+    with pytest.raises(RuntimeError, match="non-negative size"):
+        ours.roi_align_rotated_forward(torch.randn(1, 1, 5, 5), rois, 1.0, 2, 2, 0)
+
+
 def test_roi_align_rotated_empty_rois():
     x = torch.randn(1, 3, 5, 5)
     out = _roi_align_rotated(x, torch.zeros(0, 6), (2, 2), 1.0, 0)
@@ -484,6 +530,18 @@ def test_box_iou_rotated_and_nms_match_detectron2s_compiled_ops():
         assert ours.nms_rotated(a, scores, thr).tolist() == (
             torch.ops.detectron2.nms_rotated(a, scores, thr).tolist()
         )
+
+
+@needs_compiled
+def test_roi_align_rotated_negative_size_raises_as_the_compiled_op():
+    rois = torch.tensor([[0, 2.0, 2.0, -1.0, 2.0, 0.0]])
+    x = torch.randn(1, 1, 5, 5)
+    with pytest.raises(Exception) as compiled:
+        torch.ops.detectron2.roi_align_rotated_forward(x, rois, 1.0, 2, 2, 0)
+    with pytest.raises(Exception) as ours_:
+        ours.roi_align_rotated_forward(x, rois, 1.0, 2, 2, 0)
+    assert compiled.type is ours_.type is RuntimeError
+    assert "non-negative size" in str(compiled.value) and "non-negative size" in str(ours_.value)
 
 
 @needs_compiled

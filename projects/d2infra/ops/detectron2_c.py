@@ -125,26 +125,27 @@ def _check_groups(
     deformable_group: int,
 ) -> None:
     """torchvision infers ``group`` from ``weight`` and ``deformable_group`` from ``offset``;
-    make sure these agree with the values the caller passed."""
+    make sure these agree with the values the caller passed. A mismatch raises ``RuntimeError``,
+    as the shape checks (``TORCH_CHECK``) of Detectron2's compiled op do."""
     if tuple(weight.shape[2:]) != (kh, kw):
-        raise ValueError(f"kernel size ({kh}, {kw}) does not match weight {tuple(weight.shape)}")
+        raise RuntimeError(f"kernel size ({kh}, {kw}) does not match weight {tuple(weight.shape)}")
     if input.shape[1] != weight.shape[1] * group:
-        raise ValueError(
+        raise RuntimeError(
             f"input has {input.shape[1]} channels; weight {tuple(weight.shape)} with "
             f"group={group} expects {weight.shape[1] * group}"
         )
     if weight.shape[0] % group != 0:
-        raise ValueError(f"out channels {weight.shape[0]} not divisible by group={group}")
+        raise RuntimeError(f"out channels {weight.shape[0]} not divisible by group={group}")
     if offset.shape[1] != 2 * kh * kw * deformable_group:
-        raise ValueError(
+        raise RuntimeError(
             f"offset has {offset.shape[1]} channels; expected 2*{kh}*{kw}*{deformable_group}"
         )
     if mask is not None and mask.shape[1] != kh * kw * deformable_group:
-        raise ValueError(
+        raise RuntimeError(
             f"mask has {mask.shape[1]} channels; expected {kh}*{kw}*{deformable_group}"
         )
     if input.shape[1] % deformable_group != 0:
-        raise ValueError(
+        raise RuntimeError(
             f"input channels {input.shape[1]} not divisible by deformable_group={deformable_group}"
         )
 
@@ -616,7 +617,8 @@ def _roi_align_rotated(
     theta = rois[:, 5] * (math.pi / 180.0)
     cos_t, sin_t = torch.cos(theta), torch.sin(theta)
     if bool((rw < 0).any()) or bool((rh < 0).any()):
-        raise ValueError("ROIs in ROIAlignRotated do not have non-negative size!")
+        # RuntimeError, as the compiled op's check (AT_ASSERTM)
+        raise RuntimeError("ROIs in ROIAlignRotated do not have non-negative size!")
     bin_h = rh / pooled_height
     bin_w = rw / pooled_width
     if sampling_ratio > 0:
