@@ -10,11 +10,11 @@ Every project's config is added, so any config of ``configs/`` runs from here.
 """
 import logging
 import os
+import re
 import weakref
 from typing import Any, Dict, List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import (
     AMPTrainer,
@@ -29,6 +29,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from d2infra import add_d2infra_config
+from d2infra.checkpoint import D2InfraCheckpointer
+from d2infra.config import merge_from_file, merge_from_list
 from d2infra.data import check_dataset_names, ensure_generated, register_coco_format_datasets
 from d2infra.engine import build_optimizer, create_ddp_model, launch
 from imbalance import add_imbalance_config
@@ -58,7 +60,8 @@ class Trainer(DefaultTrainer):
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Detectron2's checkpointer; a checkpoint it cannot read is an error naming the file.
+        self.checkpointer = D2InfraCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -145,8 +148,8 @@ def build_cfg(config_file: str, opts: List[str]) -> CfgNode:
     add_offset_bin_config(cfg)
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file!r} does not exist")
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_from_file(cfg, config_file)  # an unknown key: an error suggesting the closest keys
+    merge_from_list(cfg, opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -159,10 +162,42 @@ def setup(args) -> CfgNode:
     cfg = build_cfg(args.config_file, args.opts)
     register_coco_format_datasets(cfg)
     check_dataset_names(cfg)
+    plain_text_log_files(cfg.OUTPUT_DIR)  # log.txt without the config dump's colour codes
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu":
         logger.info("Running on the CPU (no CUDA device available or MODEL.DEVICE=cpu)")
     return cfg
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class PlainTextFormatter(logging.Formatter):
+    """A handler's formatter with terminal colour codes (ANSI escape sequences) removed."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI_ESCAPE.sub("", self.inner.format(record))
+
+
+def plain_text_log_files(output_dir: str) -> None:
+    """Every handler of the ``detectron2`` and ``fvcore`` loggers that does not write to a terminal
+    (``log.txt``, a redirected stdout) writes plain text. Detectron2's ``default_setup`` logs the
+    config file and the full config highlighted for a terminal (pygments), colour codes that its
+    handlers write to ``log.txt`` as they are. These are the loggers ``default_setup`` sets up,
+    with its arguments: ``setup_logger`` is cached, so ``default_setup`` then logs through the
+    handlers changed here."""
+    rank = comm.get_rank()
+    loggers = [setup_logger(output_dir, distributed_rank=rank, name="fvcore"),
+               setup_logger(output_dir, distributed_rank=rank)]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        stream = getattr(handler, "stream", None)
+        to_terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        if not to_terminal and not isinstance(handler.formatter, PlainTextFormatter):
+            handler.setFormatter(PlainTextFormatter(handler.formatter or logging.Formatter()))
 
 
 def check_weights(cfg: CfgNode) -> None:
@@ -179,7 +214,7 @@ def main(args):
     if args.eval_only:
         check_weights(cfg)
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        D2InfraCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():

@@ -11,6 +11,7 @@ import pytest
 
 from cli_runs import MASK_RCNN as CONFIG
 from cli_runs import SMALL, train_net_main
+from d2infra.checkpoint import CheckpointReadError
 from d2infra.data.catalog import UnknownDatasetError
 from d2infra.data.shapes import split_paths
 
@@ -47,6 +48,47 @@ def test_resume_continues_the_iteration_count(mask_rcnn_trained, datasets_dir, t
                          "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(out))
     assert "Starting training from iteration 4" in log
     assert iterations(out)[-1] == 5
+
+
+def _truncated_copy(src, dst):
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 3])
+    return dst
+
+
+def test_eval_only_with_a_truncated_checkpoint_names_it(mask_rcnn_trained, datasets_dir,
+                                                        tmp_path):
+    bad = _truncated_copy(mask_rcnn_trained[0] / "model_final.pth", tmp_path / "model_final.pth")
+    with pytest.raises(CheckpointReadError) as e:
+        train_net_main(datasets_dir, "--config-file", CONFIG, "--eval-only", *SMALL,
+                       "MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path / "eval"))
+    assert f"cannot read the checkpoint '{bad}'" in str(e.value)
+    assert "truncated or corrupt" in str(e.value)
+
+
+def test_resume_from_a_truncated_checkpoint_names_it(mask_rcnn_trained, datasets_dir, tmp_path):
+    out = tmp_path / "train"
+    shutil.copytree(mask_rcnn_trained[0], out)
+    _truncated_copy(mask_rcnn_trained[0] / "model_final.pth", out / "model_final.pth")
+    with pytest.raises(CheckpointReadError) as e:
+        train_net_main(datasets_dir, "--config-file", CONFIG, "--resume", *SMALL,
+                       "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(out))
+    assert f"cannot read the checkpoint '{out / 'model_final.pth'}'" in str(e.value)
+    assert str(out / "last_checkpoint") in str(e.value)  # the file that named it
+
+
+def test_log_files_are_plain_text(mask_rcnn_trained):
+    """Detectron2 logs the config highlighted for a terminal (pygments' colour codes, as its own
+    _highlight gives them); the log files of both processes hold it as plain text."""
+    from detectron2.engine.defaults import _highlight
+
+    out, _ = mask_rcnn_trained
+    assert "\x1b[" in _highlight("SOLVER:\n  MAX_ITER: 4\n", ".yaml")  # what would be written
+    for name in ("log.txt", "log.txt.rank1"):
+        text = (out / name).read_text()
+        assert "\x1b[" not in text, name
+    text = (out / "log.txt").read_text()
+    assert "Running with full config:" in text and "  MAX_ITER: 4\n" in text
 
 
 @pytest.mark.parametrize("weights,error,message", [
