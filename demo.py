@@ -7,7 +7,9 @@
 
 Runs Detectron2's ``DefaultPredictor`` (the config's test resize, input format and device) and draws
 with Detectron2's ``Visualizer``, with the class names of the config's first test dataset. Writes
-one PNG per input, of the input's size, named after it (``<output>/<input stem>.png``).
+one PNG per input, of the input's size, named after it (``<output>/<input stem>.png``), and
+nothing else: the config's ``OUTPUT_DIR`` (a training run's, for its ``config.yaml``) is left as
+it is; messages go to the console.
 """
 import argparse
 import os
@@ -44,11 +46,24 @@ def read_image(path: str) -> np.ndarray:
 
 
 def setup_cfg(args: argparse.Namespace):
-    from train_net import setup
+    """The config of ``--config-file`` and ``--opts``, with its datasets registered (for the class
+    names), logging to the console only. Unlike ``train_net.py``, no Detectron2 ``default_setup``:
+    that writes ``config.yaml`` and ``log.txt`` into the config's ``OUTPUT_DIR``, which for a
+    training run's ``config.yaml`` is that run's own directory. A demo writes only to ``--output``.
+    """
+    from detectron2.utils.logger import setup_logger
 
-    setup_args = argparse.Namespace(config_file=args.config_file, opts=list(args.opts),
-                                    eval_only=True, resume=False, num_gpus=1)
-    cfg = setup(setup_args)
+    from d2infra.data import check_dataset_names, register_coco_format_datasets
+    from d2infra.engine import device_fallback_warning
+    from train_net import build_cfg
+
+    cfg = build_cfg(args.config_file, list(args.opts))
+    register_coco_format_datasets(cfg)
+    check_dataset_names(cfg)
+    setup_logger(name="fvcore")
+    logger = setup_logger()
+    if device_fallback_warning():  # MODEL.DEVICE cuda, no CUDA here, the config allows the CPU
+        logger.warning(device_fallback_warning())
     if not cfg.MODEL.WEIGHTS:
         print("demo.py: warning: no MODEL.WEIGHTS given: the model is randomly initialised",
               file=sys.stderr)
@@ -99,8 +114,10 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
 
 
 if __name__ == "__main__":
+    from d2infra.config import UnknownConfigKeyError
+
     try:
         main()
-    except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+    except (FileNotFoundError, IsADirectoryError, ValueError, UnknownConfigKeyError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         sys.exit(2)

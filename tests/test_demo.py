@@ -1,5 +1,7 @@
 """demo.py: draws a briefly trained Mask R-CNN's predictions onto an image of the shapes dataset,
 at the input's size; clear errors for a missing or unreadable input."""
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -40,12 +42,11 @@ def demo(trained, image_path, out_dir, *extra):
 
 
 def demo_main(trained, image_path, out_dir, *extra):
-    """demo.py's main in this process (cli_runs.py), its OUTPUT_DIR (config and log) in out_dir."""
+    """demo.py's main in this process (cli_runs.py)."""
     import demo as demo_py
 
     with detectron2_log(trained[0]):
-        return demo_py.main(demo_args(trained, image_path, out_dir, *extra)
-                            + ["OUTPUT_DIR", str(out_dir)])
+        return demo_py.main(demo_args(trained, image_path, out_dir, *extra))
 
 
 def test_demo_draws_boxes_at_the_input_size(trained, image, tmp_path):
@@ -67,6 +68,34 @@ def test_demo_draws_boxes_at_the_input_size(trained, image, tmp_path):
     # A box outline: some row of changed pixels runs straight for at least 10 pixels.
     runs = [np.diff(np.flatnonzero(np.diff(np.r_[0, row.astype(int), 0]))) for row in changed]
     assert max((r[::2].max() for r in runs if r.size), default=0) >= 10
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_demo_on_a_training_runs_config_writes_only_to_its_output(mask_rcnn_trained, trained,
+                                                                   image, tmp_path):
+    """The config.yaml of a training run names that run's OUTPUT_DIR: the demo leaves the run's
+    files as they were (no config.yaml rewritten, nothing appended to log.txt) and writes only
+    its drawing into --output."""
+    run = tmp_path / "run"
+    shutil.copytree(mask_rcnn_trained[0], run)  # the fixture is shared: a copy, pointing at itself
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert f"OUTPUT_DIR: {mask_rcnn_trained[0]}\n" in text
+    config.write_text(text.replace(f"OUTPUT_DIR: {mask_rcnn_trained[0]}\n", f"OUTPUT_DIR: {run}\n"))
+    before = _snapshot(run)
+    assert "log.txt" in {str(p) for p in before}
+    path, _ = image
+    out = tmp_path / "drawn"
+    with detectron2_log(trained[0]):
+        import demo as demo_py
+
+        demo_py.main(["--config-file", str(config), "--input", str(path), "--output", str(out),
+                      "--opts", "MODEL.WEIGHTS", str(run / "model_final.pth"), *SMALL])
+    assert _snapshot(run) == before
+    assert sorted(p.name for p in out.iterdir()) == ["crop.png"]
 
 
 def test_missing_input_is_a_clear_error(trained, tmp_path):
