@@ -7,7 +7,11 @@ archive leaves out. This script builds the same Python packages with plain setup
 * puts our PyTorch implementation of the compiled ops (``d2infra/ops/detectron2_c.py``) into the
   wheel as ``detectron2/_C.py``, so ``from detectron2 import _C`` works whatever is imported first;
 * includes ``detectron2/model_zoo/configs`` (yaml and lazy ``.py`` configs), which the archive's
-  ``setup.py`` leaves out of its wheel.
+  ``setup.py`` leaves out of its wheel;
+* installs the archive's ``projects/PointRend/point_rend``, ``projects/DeepLab/deeplab`` and
+  ``projects/Panoptic-DeepLab/panoptic_deeplab`` as ``detectron2.projects.point_rend``,
+  ``.deeplab`` and ``.panoptic_deeplab``, as upstream's wheel does (its ``setup.py``'s
+  ``PROJECTS``); the archive's ``setup.py`` leaves them out.
 
 Detectron2's own files are not edited; version pins in ``constraints.txt`` cover the rest.
 
@@ -37,13 +41,22 @@ INSTALL_REQUIRES = [
     "hydra-core>=1.1",
 ]
 
+# The projects upstream's wheel installs under detectron2.projects (its setup.py's PROJECTS):
+# package name -> source folder in the archive.
+PROJECTS = {
+    "detectron2.projects.point_rend": "projects/PointRend/point_rend",
+    "detectron2.projects.deeplab": "projects/DeepLab/deeplab",
+    "detectron2.projects.panoptic_deeplab": "projects/Panoptic-DeepLab/panoptic_deeplab",
+}
+
 SETUP_PY = """
 from setuptools import find_packages, setup
 setup(
     name="detectron2",
     version="0.6",
     description="Detectron2 v0.6 (pb1-detectron2 source) with PyTorch implementations of its C++ ops",
-    packages=find_packages(include=["detectron2", "detectron2.*"]),
+    packages=find_packages(include=["detectron2", "detectron2.*"]) + {projects!r},
+    package_dir={package_dir!r},
     package_data={{"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]}},
     python_requires=">=3.7",
     install_requires={requires!r},
@@ -62,8 +75,12 @@ def build(archive: Path, ops_file: Path, out_dir: Path) -> Path:
             sys.exit(f"{archive} ships compiled-op sources; build it with its own setup.py instead")
         if not list((pkg / "model_zoo" / "configs").rglob("*.yaml")):
             sys.exit(f"{archive} has no detectron2/model_zoo/configs/*.yaml")
+        missing = [d for d in PROJECTS.values() if not (src / d / "__init__.py").is_file()]
+        if missing:
+            sys.exit(f"{archive} lacks the sources of {missing}, which Detectron2's wheel ships")
         shutil.copyfile(ops_file, pkg / "_C.py")
-        (src / "setup.py").write_text(SETUP_PY.format(requires=INSTALL_REQUIRES))
+        (src / "setup.py").write_text(SETUP_PY.format(
+            requires=INSTALL_REQUIRES, projects=list(PROJECTS), package_dir=PROJECTS))
         for stale in ("pyproject.toml", "setup.cfg"):
             (src / stale).unlink(missing_ok=True)
         subprocess.run(
