@@ -227,8 +227,10 @@ class Planner:
         for p in suite.pairs:
             for m in p.models:
                 train(self.main_run(m, seeds[0], rates), f"pair {p.name}")
-            pieces.append(Piece("speed", f"pair {p.name}", pair=p,
-                                runs={m: self.main_run(m, seeds[0], rates) for m in p.models}))
+            if p.timed:
+                pieces.append(Piece("speed", f"pair {p.name}", pair=p,
+                                    runs={m: self.main_run(m, seeds[0], rates)
+                                          for m in p.models}))
             for a in suite.ablations:
                 if a.model in p.models and not any(x.ablation is a for x in pieces):
                     pieces.append(Piece("ablation", f"pair {p.name}", ablation=a,
