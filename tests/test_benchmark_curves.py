@@ -1,0 +1,125 @@
+"""benchmarks/curves.py and the suite's learning-curve phase: the plateau rule on hand-made
+curves, the curve runs' schedule and periodic evaluation, the seeded runs at the baseline's
+plateau, and the plots and tables written from hand-made records."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from coco_ap import METRICS  # noqa: E402
+from curves import plateau_factor, plateau_iteration  # noqa: E402
+from planning import Planner, Run  # noqa: E402
+from records import write_json  # noqa: E402
+from suites import Curve, LRSweep, Model, Pair, Suite, get_suite  # noqa: E402
+
+GRID = (0.005, 0.01, 0.02)
+
+
+def _points(aps, period=1500):
+    return [{"iteration": period * (i + 1), "AP": ap, "AP75": ap / 2, "AP90": ap / 4}
+            for i, ap in enumerate(aps)]
+
+
+def test_plateau_is_the_first_evaluation_gaining_less_than_one_ap():
+    # gains 10, 5, 0.5 (< 1) -> the 4th evaluation, 6000 iterations, 4x the schedule
+    pts = _points([10.0, 20.0, 25.0, 25.5, 30.0, 31.0])
+    assert plateau_iteration(pts) == (6000, True)
+    factor, why = plateau_factor(pts, 1500, 6)
+    assert factor == 4 and "25.0 at 4500 -> 25.5 at 6000" in why
+    # a gain of exactly 1.0 is not "less than 1.0"; a loss is
+    assert plateau_iteration(_points([10.0, 11.0, 10.5])) == (4500, True)
+    # order of the points does not matter
+    assert plateau_iteration(list(reversed(pts))) == (6000, True)
+
+
+def test_a_curve_that_never_flattens():
+    rising = _points([10.0, 12.0, 14.0, 16.0, 18.0, 20.0])
+    assert plateau_iteration(rising) == (9000, False)
+    factor, why = plateau_factor(rising, 1500, 6)
+    assert factor == 6 and "not flattened by 9000" in why
+    # cut short (a diverged curve) without flattening: no plateau
+    assert plateau_factor(rising[:3], 1500, 6)[0] is None
+    assert plateau_iteration([]) == (None, False)
+
+
+def _planner(tmp_path) -> Planner:
+    cfg = "configs/baselines/faster_rcnn_smallR_FPN_shapes.yaml"
+    models = {"base": Model("base", cfg, "Base"), "other": Model("other", cfg, "Other")}
+    suite = Suite("t", models, (Pair("p", "P", ("base", "other"), "claim", timed=False),),
+                  seeds=(1, 2, 3), lr_sweep=LRSweep(GRID, {"two_stage": ("base",)}),
+                  curves=(Curve("c", "Curve", ("base", "other"), seeded=("base", "other")),),
+                  curve_factor=6, curve_eval_period=1500)
+    suite.check()
+    return Planner(suite, [1, 2, 3], str(tmp_path / "records"), str(tmp_path / "work"))
+
+
+def _record(planner: Planner, run: Run, ap: float, curve=None) -> None:
+    write_json(planner.record_path(run), {
+        "run": run.name, "model": run.model, "seed": run.seed, "lr": run.lr, "diverged": None,
+        "date": "2020-01-01", "machine": "machine A", "suite_command": "python benchmarks/run.py",
+        "metrics": {k: ap if k == "AP" else None for k in METRICS}, "curve": curve,
+        "merged_config": planner.config_now(run), "max_iter": 1500 * run.factor})
+
+
+def test_curve_runs_and_the_seeds_at_the_plateau(tmp_path):
+    planner = _planner(tmp_path)
+    for lr, ap in zip(GRID, (20.0, 30.0, 25.0)):
+        _record(planner, Run("base", 1, lr), ap)
+    _record(planner, Run("other", 1, 0.01), 31.0)
+    todo = [(p.name, p.why) for p in planner.pieces() if p.status == "todo"]
+    # no speed piece for an untimed pair; the curves at 6x, the baseline first
+    assert todo == [("base-lr0.01-x6-seed1", "learning curve c"),
+                    ("other-lr0.01-x6-seed1", "learning curve c")]
+    opts = planner.opts(Run("base", 1, 0.01, 6))
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    # the configs' 1500 iterations, steps (1100, 1350) and warm-up 100, scaled to 6x
+    assert pairs["SOLVER.MAX_ITER"] == "9000" and pairs["SOLVER.STEPS"] == "(6600, 8100)"
+    assert pairs["SOLVER.WARMUP_ITERS"] == "100" and pairs["TEST.EVAL_PERIOD"] == "1500"
+    assert "TEST.EVAL_PERIOD" not in planner.opts(Run("base", 1, 0.01, 3))
+    # the baseline flattens at 4500 (gain 0.4): seeds 1-3 of both seeded models at 3x
+    _record(planner, Run("base", 1, 0.01, 6), 40.0, _points([30.0, 38.0, 38.4, 39.0, 42.0, 43.0]))
+    assert planner.plateau(planner.suite.curves[0])[0] == 3
+    todo = [p.name for p in planner.pieces() if p.status == "todo"]
+    assert todo == ["other-lr0.01-x6-seed1"] + [f"{m}-lr0.01-x3-seed{s}" for s in (1, 2, 3)
+                                                for m in ("base", "other")]
+
+
+def test_curves_are_written_from_the_records(tmp_path):
+    planner = _planner(tmp_path)
+    for lr, ap in zip(GRID, (20.0, 30.0, 25.0)):
+        _record(planner, Run("base", 1, lr), ap)
+    _record(planner, Run("base", 1, 0.01, 6), 40.0, _points([30.0, 38.0, 38.4, 39.0, 42.0, 43.0]))
+    _record(planner, Run("other", 1, 0.01, 6), 45.0, _points([33.0, 41.0, 44.0, 44.5, 45.0, 46.0]))
+    from running import write_curves
+
+    class Args:
+        results_dir = str(tmp_path / "results")
+
+    md_path = write_curves(planner, Args, written_by="python benchmarks/run.py --curves",
+                           docs_dir=str(tmp_path / "docs"))
+    text = open(md_path).read()
+    assert "Plateau schedule: 3x (4500 iterations)" in text
+    assert "| Base | 30.0 | 38.0 | 38.4 | 39.0 | 42.0 | 43.0 | 21.5 / 10.8 |" in text
+    assert "| Other | 33.0 | 41.0 | 44.0 | 44.5 | 45.0 | 46.0 | 23.0 / 11.5 |" in text
+    assert "![Curve](../docs/t-c.png)" in text
+    with open(tmp_path / "docs" / "t-c.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_embedded_suite_has_the_curves_of_every_pair_asked():
+    suite = get_suite("embedded")
+    groups = {c.name: c.models for c in suite.curves}
+    assert groups["curve_mask_rcnn_vs_r3cnn"][0] == "mask_rcnn"
+    assert set(groups["curve_mask_rcnn_vs_r3cnn"]) == {
+        "mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive", "r3cnn_naive_dec"}
+    assert groups["curve_retinanet_vs_iou_aware"] == ("retinanet", "iou_aware_retinanet")
+    assert groups["curve_faster_vs_offset_bin"] == (
+        "faster_rcnn", "offset_bin_K1", "offset_bin_K2", "sampler_pisa")
+    assert groups["curve_nuclei"][0] == "nuclei_mask_rcnn"
+    assert suite.curve_factor * 1500 == 9000 and suite.curve_eval_period == 1500
+    with pytest.raises(ValueError, match="not members"):
+        Suite("t", suite.models, (), lr_sweep=suite.lr_sweep,
+              curves=(Curve("c", "C", ("mask_rcnn",), seeded=("retinanet",)),)).check()
