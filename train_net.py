@@ -28,11 +28,12 @@ from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from d2infra import add_d2infra_config
+from d2infra import add_d2infra_config, fast_coco_eval_available
 from d2infra.checkpoint import D2InfraCheckpointer
 from d2infra.config import merge_from_file, merge_from_list
 from d2infra.data import check_dataset_names, ensure_generated, register_coco_format_datasets
-from d2infra.engine import build_optimizer, create_ddp_model, launch
+from d2infra.engine import (
+    build_optimizer, create_ddp_model, device_fallback_warning, launch, resolve_device)
 from imbalance import add_imbalance_config
 from imbalance.diagnostics import insert_imbalance_stats_hook
 from iou_aware import add_iou_aware_config, build_localization_evaluator
@@ -107,17 +108,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
-        """COCO AP of boxes, and of masks when the model predicts them (pycocotools); and the
-        localization quality of the boxes (AP at IoU 0.5..0.9, score-IoU correlation)."""
+        """COCO AP of boxes, and of masks when the model predicts them; and the localization
+        quality of the boxes (AP at IoU 0.5..0.9, score-IoU correlation)."""
         ensure_generated(dataset_name)
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         # COCOEvaluator for boxes (and masks; those ranked by R^3-CNN-L's MaskIoU mask scores when
-        # its branch is on). use_fast_impl=False: the fast COCOeval is compiled C++, which our
-        # Detectron2 build lacks.
+        # its branch is on): Detectron2's fast C++ COCOeval where its compiled ops are installed,
+        # pycocotools' otherwise (d2infra.fast_coco_eval_available).
         return DatasetEvaluators([
             build_r3cnn_evaluator(dataset_name, cfg.MODEL.MASK_ON, cfg.MODEL.R3CNN.MASKIOU_ON,
-                                  output_folder, distributed=True, use_fast_impl=False),
+                                  output_folder, distributed=True,
+                                  use_fast_impl=fast_coco_eval_available()),
             build_localization_evaluator(cfg, dataset_name, output_folder),
         ])
 
@@ -150,8 +152,7 @@ def build_cfg(config_file: str, opts: List[str]) -> CfgNode:
         raise FileNotFoundError(f"--config-file {config_file!r} does not exist")
     merge_from_file(cfg, config_file)  # an unknown key: an error suggesting the closest keys
     merge_from_list(cfg, opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    resolve_device(cfg)  # CUDA asked for, none here: an error, or the CPU with a warning
     cfg.freeze()
     return cfg
 
@@ -163,9 +164,8 @@ def setup(args) -> CfgNode:
     register_coco_format_datasets(cfg)
     check_dataset_names(cfg)
     plain_text_log_files(cfg.OUTPUT_DIR)  # log.txt without the config dump's colour codes
+    log_device_fallback()  # the log's first line: the loggers default_setup uses are set up
     default_setup(cfg, args)
-    if cfg.MODEL.DEVICE == "cpu":
-        logger.info("Running on the CPU (no CUDA device available or MODEL.DEVICE=cpu)")
     return cfg
 
 
@@ -219,15 +219,26 @@ def main(args):
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
+        log_device_fallback()
         return results
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    results = trainer.train()
+    log_device_fallback()
+    return results
+
+
+def log_device_fallback() -> None:
+    """The CPU fallback's warning (:func:`d2infra.engine.resolve_device`), if this run fell back:
+    the log's first line and, again, its last."""
+    if device_fallback_warning():
+        logger.warning(device_fallback_warning())
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    build_cfg(args.config_file, args.opts)  # a bad config or device stops here, before any process
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

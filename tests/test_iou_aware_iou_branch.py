@@ -145,5 +145,5 @@ def test_iou_aware_fcos_configs_detach_the_target():
     root = os.path.join(os.path.dirname(__file__), "..", "configs", "iou_aware")
     for name in ("iou_aware_fcos_smallR_FPN_shapes.yaml", "iou_aware_fcos_multiply_smallR_FPN_shapes.yaml",
                  "iou_aware_fcos_replace_smallR_FPN_shapes.yaml", "iou_aware_fcos_R_50_FPN_1x_coco.yaml"):
-        cfg = build_cfg(os.path.join(root, name), [])
+        cfg = build_cfg(os.path.join(root, name), ["MODEL.DEVICE", "cpu"])  # COCO: CUDA or cpu
         assert cfg.MODEL.IOU_AWARE.TARGET_GRADIENT is False, name
