@@ -122,3 +122,25 @@ def test_helpers_by_hand():
         [[0, 0, 10, 10], [0, 0, 10, 9]], [0.1, 0.9], [[0, 0, 10, 10]], iou_thresh=0.5
     )
     assert m == [(1, 0, pytest.approx(0.9))]
+
+
+
+def test_each_image_matches_only_its_own_ground_truth(evaluator):
+    """Detections are grouped by image, then class. Image 2's detection exactly at A (image 1's
+    ground truth of the same class; image 2 has none), ranked first, matches nothing: d1, d2, d4
+    match as in the first test, (0.9, .85), (0.7, .65), (0.3, .75), Pearson 0.32733. (Taking A,
+    it would leave d1 unmatched.) AP50 by hand: category 1 ranks FP (image 2), TP, TP over 2
+    ground truths: precision envelope 2/3 at every recall; category 2: d4, 1."""
+    boxes, scores, classes = DETS_1
+    keep = [0, 2, 3]  # d1, d2, d4
+    evaluator.reset()
+    evaluator.process(
+        [{"image_id": 2}, {"image_id": 1}],
+        [{"instances": instances([[0, 0, 10, 10]], [0.95], [0])},
+         {"instances": instances([boxes[i] for i in keep], [scores[i] for i in keep],
+                                 [classes[i] for i in keep])}],
+    )
+    res = evaluator.evaluate()["loc_quality"]
+    assert res["num_matched"] == 3
+    assert res["pearson"] == pytest.approx(0.02 / math.sqrt(0.56 / 3 * 0.02), rel=1e-6)
+    assert res["AP50"] == pytest.approx(100 * (2 / 3 + 1) / 2, rel=1e-6)

@@ -5,7 +5,8 @@ by localization accuracy. Works for any detector that outputs ``Instances`` with
 It reports, for the detections matched to a ground truth (greedy in score order, per image and class,
 IoU >= 0.5, as COCO matches at that threshold), the Pearson and Spearman correlation between the
 detection score and the IoU with its ground truth; and box AP at IoU 0.5, 0.6, 0.7, 0.8 and 0.9
-(Table 4), read from pycocotools' COCOeval precision array.
+(Table 4), read from COCOeval's precision array (Detectron2's C++ COCOeval where its compiled ops
+are installed, pycocotools' otherwise: :func:`d2infra.evaluation.coco_eval_class`).
 """
 import contextlib
 import copy
@@ -19,7 +20,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
@@ -27,6 +27,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+
+from d2infra.evaluation import coco_eval_class
 
 __all__ = [
     "LocalizationQualityEvaluator",
@@ -213,19 +215,21 @@ class LocalizationQualityEvaluator(DatasetEvaluator):
         return {"loc_quality": results}
 
     def _correlations(self, dets: List[Dict], img_ids: List[int]) -> Dict[str, float]:
-        by_image_class = defaultdict(list)
+        # image -> class -> detections: each image's work is over its own detections and
+        # annotations only, whatever the number of images.
+        by_image: Dict[int, Dict[int, List[Dict]]] = defaultdict(lambda: defaultdict(list))
         for d in dets:
-            by_image_class[(d["image_id"], d["category_id"])].append(d)
+            by_image[d["image_id"]][d["category_id"]].append(d)
         matched = []  # (det, true IoU)
         for img_id in img_ids:
+            if img_id not in by_image:
+                continue
             anns = self._coco_api.imgToAnns.get(img_id, [])
             gts_by_class = defaultdict(list)
             for a in anns:
                 if not a.get("iscrowd", 0):
                     gts_by_class[a["category_id"]].append(a["bbox"])
-            classes = {c for (i, c) in by_image_class if i == img_id}
-            for cls in classes:
-                ds = by_image_class[(img_id, cls)]
+            for cls, ds in by_image[img_id].items():
                 for di, _, iou in greedy_match(
                     np.array([d["bbox"] for d in ds]),
                     np.array([d["score"] for d in ds]),
@@ -254,7 +258,8 @@ class LocalizationQualityEvaluator(DatasetEvaluator):
         ]
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = self._coco_api.loadRes(copy.deepcopy(coco_dets))
-            coco_eval = COCOeval(self._coco_api, coco_dt, "bbox")
+            # Detectron2's C++ COCOeval where it is compiled, else pycocotools': the same numbers
+            coco_eval = coco_eval_class()(self._coco_api, coco_dt, "bbox")
             coco_eval.params.imgIds = img_ids
             coco_eval.params.maxDets = [1, 10, self._max_dets_per_image]
             coco_eval.evaluate()

@@ -7,6 +7,8 @@ Detectron2's ``COCOEvaluator`` ranks boxes and masks by the same ``scores``. Wit
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.structures import Instances
 
+from d2infra.evaluation import fast_coco_eval_available
+
 
 def with_mask_scores(instances: Instances) -> Instances:
     """A shallow copy of ``instances`` whose ``scores`` are its ``mask_scores`` (if it has them)."""
@@ -29,7 +31,10 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
 def build_r3cnn_evaluator(dataset_name: str, mask_on: bool, maskiou_on: bool,
                           output_dir: str = None, **kwargs) -> DatasetEvaluators:
     """Box AP with ``scores``; mask AP with ``mask_scores`` when the MaskIoU branch is on
-    (``kwargs`` go to both ``COCOEvaluator``)."""
+    (``kwargs`` go to both ``COCOEvaluator``). ``use_fast_impl`` defaults to Detectron2's fast C++
+    COCOeval where its compiled ops are installed, else pycocotools'
+    (:func:`d2infra.evaluation.fast_coco_eval_available`)."""
+    kwargs.setdefault("use_fast_impl", fast_coco_eval_available())
     if not (mask_on and maskiou_on):
         tasks = ("bbox", "segm") if mask_on else ("bbox",)
         return DatasetEvaluators([COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_dir,
