@@ -8,9 +8,10 @@ the sum of the losses backward once, one step of the optimizer ``train_net.py`` 
 the method's name promises (written out below from the papers' heads, not read from the model),
 every loss and every gradient is finite, and the step changes the weights of the heads.
 
-The config's own backbone is kept (R-50, R-101, X-101 32x8d) and the FPN levels are untouched;
-only the images are small (64 x 96 px: the strides-64 and -128 levels are one or two cells), so the
-losses run as at full scale with far fewer anchors and proposals. Ground-truth masks are
+The backbone is the config's at depth 50, for time: R-50 as it is, R-101 as R-50, X-101 32x8d as
+ResNeXt-50 32x8d (its groups and widths kept); tests/test_configs.py builds the depth-101 models.
+The FPN levels are untouched and the images small (64 x 96 px: the strides-64 and -128 levels are
+one or two cells), so the losses run as at full scale with far fewer anchors and proposals. Ground-truth masks are
 polygons, as COCO's are, and not rectangles (an L shape, a triangle, a hexagon), so that a mask
 target cut from the mask differs from one cut from its box.
 """
@@ -106,8 +107,10 @@ def batch():
 @pytest.mark.parametrize("path", COCO_CONFIGS, ids=stem)
 def test_one_training_step(path):
     name = stem(path)
-    # The batch is made here at its size, so the INPUT sizes (a data-loader setting) stay.
-    cfg = build_cfg(os.path.join(REPO, "configs", path), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    # The batch is made here at its size, so the INPUT sizes (a data-loader setting) stay. Depth 50
+    # for time: R-101 becomes R-50, X-101 32x8d the ResNeXt-50 32x8d of its groups and widths.
+    cfg = build_cfg(os.path.join(REPO, "configs", path), [
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "50"])
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
