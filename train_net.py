@@ -32,6 +32,7 @@ from d2infra import add_d2infra_config, fast_coco_eval_available
 from d2infra.checkpoint import D2InfraCheckpointer
 from d2infra.config import merge_from_file, merge_from_list
 from d2infra.data import check_dataset_names, ensure_generated, register_coco_format_datasets
+from d2infra.data.checks import check_datasets
 from d2infra.engine import (
     build_optimizer, create_ddp_model, device_fallback_warning, launch, resolve_device)
 from imbalance import add_imbalance_config
@@ -166,6 +167,7 @@ def setup(args) -> CfgNode:
     plain_text_log_files(cfg.OUTPUT_DIR)  # log.txt without the config dump's colour codes
     log_device_fallback()  # the log's first line: the loggers default_setup uses are set up
     default_setup(cfg, args)
+    check_datasets(cfg, training=not args.eval_only)  # the data against the config
     return cfg
 
 
