@@ -4,6 +4,9 @@ Importing this package registers ``shapes_train`` (2000 images), ``shapes_val`` 
 ``shapes_mini_train`` (32) and ``shapes_mini_val`` (16) in Detectron2's DatasetCatalog; each is
 generated on first use under ``$DETECTRON2_DATASETS/shapes`` (default ``datasets/shapes``); and
 the real ``nuclei_train`` / ``nuclei_val`` (:mod:`d2infra.data.nuclei`).
+
+:func:`d2infra.data.checks.check_datasets` checks the datasets of a run against its config (class
+count, ``MODEL.MASK_ON``, degenerate boxes, missing images); ``train_net.setup`` calls it.
 """
 from .catalog import (
     SHAPES_DATASETS,

@@ -298,7 +298,8 @@ def _degenerate_warning(s: CocoJsonSummary, where: str, roles: List[str]) -> Opt
         return None
     zero = sum(1 for _, _, b in s.degenerate if b[2] == 0 or b[3] == 0)
     shown = "; ".join(f"id {i} in {f}: bbox {b}" for i, f, b in s.degenerate[:_SHOWN])
-    msg = (f"{len(s.degenerate)} of {s.num_annotations} boxes in {s.json_file} ({where}) have a "
+    verb = "has" if len(s.degenerate) == 1 else "have"
+    msg = (f"{len(s.degenerate)} of {s.num_annotations} boxes in {s.json_file} ({where}) {verb} a "
            f"width or height <= 0 ({zero} with a zero side, {len(s.degenerate) - zero} with a "
            f"negative one), e.g. {shown}.")
     if "DATASETS.TRAIN" in roles:
