@@ -32,9 +32,21 @@ def test_paper_scale_config_without_cuda_is_an_error_naming_the_fix(no_cuda, con
     msg = str(e.value)
     assert msg.startswith(f"MODEL.DEVICE '{device}' but torch.cuda.is_available() is False (")
     assert f"torch {torch.__version__}" in msg  # which torch, for which CUDA
-    assert "driver" in msg  # the fix: a driver or torch build that match,
+    if torch.version.cuda:  # the fix: a driver and torch build that match,
+        assert f"built for CUDA {torch.version.cuda}" in msg
+        assert f"install an NVIDIA driver that supports CUDA {torch.version.cuda}" in msg
+    else:
+        assert "is a CPU-only build" in msg and "install a CUDA build of torch" in msg
     assert "or pass MODEL.DEVICE cpu" in msg  # or the CPU on purpose
     assert "MODEL.ALLOW_CPU_FALLBACK is False" in msg
+
+
+def test_cpu_only_torch_build_is_named_with_its_fix(no_cuda, monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(RuntimeError) as e:
+        train_net.build_cfg(COCO, [])
+    assert f"(torch {torch.__version__} is a CPU-only build)" in str(e.value)
+    assert "install a CUDA build of torch" in str(e.value)
 
 
 def test_paper_scale_config_by_default_asks_for_cuda(no_cuda):

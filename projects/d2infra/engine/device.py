@@ -65,12 +65,15 @@ def resolve_device(cfg: CfgNode) -> Optional[str]:
         return None
     reason = cuda_unavailable_reason()
     if not cfg.MODEL.ALLOW_CPU_FALLBACK:
+        if torch.version.cuda is None:
+            fix = "install a CUDA build of torch (constraints.txt pins the version)"
+        else:
+            fix = (f"install an NVIDIA driver that supports CUDA {torch.version.cuda}, or a torch "
+                   "build for the CUDA version of the driver (nvidia-smi's header names it)")
         raise RuntimeError(
-            f"MODEL.DEVICE {device!r} but torch.cuda.is_available() is False ({reason}). "
-            f"Install an NVIDIA driver that supports CUDA {torch.version.cuda or '(any)'} or a "
-            "torch build that matches the driver (torch.version.cuda at most the driver's CUDA "
-            "version, nvidia-smi's header), or pass MODEL.DEVICE cpu to run this config on the "
-            "CPU (MODEL.ALLOW_CPU_FALLBACK is False for it: it is not meant for a CPU).")
+            f"MODEL.DEVICE {device!r} but torch.cuda.is_available() is False ({reason}). To train "
+            f"on the GPU, {fix}; or pass MODEL.DEVICE cpu to run this config on the CPU "
+            "(MODEL.ALLOW_CPU_FALLBACK is False for it: it is not meant for a CPU).")
     cfg.MODEL.DEVICE = "cpu"
     _fallback_warning = (
         f"Running on device 'cpu', not MODEL.DEVICE {device!r}: torch.cuda.is_available() is "
