@@ -227,8 +227,10 @@ def _shaped(kind, masks_type):
     else:
         gt[0] = True
         gt[0, 2:6, 2:6] = False
-        polygons = [[0.0, 0.0, 8.0, 0.0, 8.0, 2.0, 0.0, 2.0], [0.0, 6.0, 8.0, 6.0, 8.0, 8.0, 0.0, 8.0],
-                    [0.0, 2.0, 2.0, 2.0, 2.0, 6.0, 0.0, 6.0], [6.0, 2.0, 8.0, 2.0, 8.0, 6.0, 6.0, 6.0]]
+        polygons = [[0.0, 0.0, 8.0, 0.0, 8.0, 2.0, 0.0, 2.0],
+                    [0.0, 6.0, 8.0, 6.0, 8.0, 8.0, 0.0, 8.0],
+                    [0.0, 2.0, 2.0, 2.0, 2.0, 6.0, 0.0, 6.0],
+                    [6.0, 2.0, 8.0, 2.0, 8.0, 6.0, 6.0, 6.0]]
     masks = BitMasks(gt) if masks_type == "bitmask" else PolygonMasks([polygons])
     return gt[0], Instances((8, 8), proposal_boxes=Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]])),
                             gt_masks=masks)

@@ -44,7 +44,8 @@ def diagnostics_due(period: int = 1) -> bool:
 def check_diagnostics_period(period: int) -> int:
     """Validate ``MODEL.IMBALANCE_DIAGNOSTICS_PERIOD`` (an integer >= 1)."""
     if int(period) != period or period < 1:
-        raise ValueError(f"MODEL.IMBALANCE_DIAGNOSTICS_PERIOD must be an integer >= 1, got {period}")
+        raise ValueError(
+            f"MODEL.IMBALANCE_DIAGNOSTICS_PERIOD must be an integer >= 1, got {period}")
     return int(period)
 
 
