@@ -30,7 +30,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
