@@ -15,6 +15,8 @@ from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from fvcore.nn import giou_loss, smooth_l1_loss
 
+from d2infra.modeling.precision import loss_dtype
+
 
 def fast_rcnn_per_roi_losses(
     predictor: FastRCNNOutputLayers,
@@ -32,11 +34,13 @@ def fast_rcnn_per_roi_losses(
     Returns:
         ``(ce (R,), box (R,))``: cross-entropy of each RoI (0 where ``gt_classes`` is -1) and its
         box-regression loss summed over the 4 coordinates (0 for background). Neither includes
-        ``predictor.loss_weight``.
+        ``predictor.loss_weight``. Both are float32 (float64 for float64 predictions), also for
+        half-precision predictions (mixed precision): see :mod:`d2infra.modeling.precision`.
     """
     scores, deltas = predictions
+    dtype = loss_dtype(scores)
     if not len(proposals):
-        empty = scores.new_zeros((0,))
+        empty = scores.new_zeros((0,), dtype=dtype)
         return empty, empty
     gt_classes = cat([p.gt_classes for p in proposals], dim=0)
     proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
@@ -44,12 +48,15 @@ def fast_rcnn_per_roi_losses(
         [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0
     )
 
-    ce = scores.new_zeros(gt_classes.shape[0])
+    # Under autocast ``scores`` is float16/bfloat16 and cross-entropy float32 (both CUDA's and the
+    # CPU's autocast run it in float32); the masked assignment (index_put_) is not autocast and
+    # needs one dtype, so the buffers and the losses are float32 explicitly.
+    ce = scores.new_zeros(gt_classes.shape[0], dtype=dtype)
     valid = gt_classes >= 0
     if valid.any():
-        ce[valid] = F.cross_entropy(scores[valid], gt_classes[valid], reduction="none")
+        ce[valid] = F.cross_entropy(scores[valid].to(dtype), gt_classes[valid], reduction="none")
 
-    box = scores.new_zeros(gt_classes.shape[0])
+    box = scores.new_zeros(gt_classes.shape[0], dtype=dtype)
     num_classes = predictor.num_classes
     fg = torch.nonzero(valid & (gt_classes < num_classes), as_tuple=True)[0]
     if fg.numel() == 0:
@@ -59,6 +66,7 @@ def fast_rcnn_per_roi_losses(
         fg_deltas = deltas[fg]
     else:
         fg_deltas = deltas.view(-1, num_classes, box_dim)[fg, gt_classes[fg]]
+    fg_deltas = fg_deltas.to(dtype)  # the box loss in float32 too, not in the deltas' half dtype
     loss_type = predictor.box_reg_loss_type
     transform = predictor.box2box_transform
     if loss_type == "smooth_l1":

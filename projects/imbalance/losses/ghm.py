@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2infra.modeling.precision import upcast
+
 
 class _GradientDensity(nn.Module):
     """The bins, the moving average ``S`` and the harmonizing weight ``1 / (S_ind(g) * n)`` shared
@@ -116,8 +118,12 @@ class GHMCLoss(_GradientDensity):
             logits: any shape, the classification logits of the valid (non-ignored) anchors.
             targets: same shape, binary targets in {0, 1}.
         Returns:
-            the scalar GHM-C loss (0 if there are no elements).
+            the scalar GHM-C loss (0 if there are no elements), in float32 (float64 for float64
+            logits), also for half-precision logits.
         """
+        # In float32 under mixed precision: the gradient norms g are binned at 1/M, and CUDA
+        # autocast would compute the sigmoid in float16 and the CPU's everything in bfloat16.
+        logits = upcast(logits)
         if logits.numel() == 0:
             return logits.sum() * 0.0
         logits, targets = logits.flatten(), targets.flatten().to(logits.dtype)
@@ -155,11 +161,13 @@ class GHMRLoss(_GradientDensity):
             pred, target: same shape, the predicted and target regression values (deltas) of the
                 positive anchors, every coordinate an element.
         Returns:
-            the scalar GHM-R loss (0 if there are no elements).
+            the scalar GHM-R loss (0 if there are no elements), in float32 (float64 for float64
+            inputs), also for half-precision predictions.
         """
+        pred = upcast(pred)  # in float32 under mixed precision, as GHM-C
         if pred.numel() == 0:
             return pred.sum() * 0.0
-        diff = (pred - target).flatten()
+        diff = (pred - upcast(target)).flatten()
         root = torch.sqrt(diff * diff + self.mu * self.mu)
         weights = self.harmonizing_weights((diff / root).detach().abs())
         asl1 = root - self.mu

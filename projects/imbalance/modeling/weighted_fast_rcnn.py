@@ -19,6 +19,7 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from ..losses.fast_rcnn import fast_rcnn_per_roi_losses
 from ..samplers.pisa import carl_loss, isr_p_weights
 from d2infra.modeling import ROI_BOX_PREDICTOR_REGISTRY
+from d2infra.modeling.precision import upcast
 
 
 @ROI_BOX_PREDICTOR_REGISTRY.register()
@@ -142,6 +143,8 @@ class PISAFastRCNNOutputLayers(WeightedFastRCNNOutputLayers):
             "loss_box_reg": box.sum() / num_rois * box_weight,
         }
         if self.carl:
+            # The softmax in float32: CUDA autocast runs it in float32, the CPU's in bfloat16.
+            scores = upcast(scores)
             pos_scores = F.softmax(scores[fg], dim=1)[torch.arange(len(fg)), gt_classes[fg]]
             losses["loss_carl"] = box_weight * (
                 carl_loss(pos_scores, box[fg], num_rois, self.carl_k, self.carl_bias) if len(fg)
