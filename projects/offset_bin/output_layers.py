@@ -18,6 +18,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import (
 from detectron2.structures import Instances
 
 from d2infra.modeling import ROI_BOX_PREDICTOR_REGISTRY
+from d2infra.modeling.precision import loss_dtype, upcast
 
 from .coder import OffsetBinCoder
 
@@ -156,8 +157,10 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
         )
 
     def predict_deltas(self, bin_logits: Tensor) -> Tensor:
-        """Decoded offsets (Eqs. 6, 10, 11): (N, R*4), laid out like ``bbox_pred``'s deltas."""
-        deltas = self.coder.decode(self.bin_logits_view(bin_logits), self.expectation)
+        """Decoded offsets (Eqs. 6, 10, 11): (N, R*4), laid out like ``bbox_pred``'s deltas;
+        float32 for half-precision scores."""
+        # The softmax in float32: CUDA autocast runs it in float32, the CPU's in bfloat16.
+        deltas = self.coder.decode(upcast(self.bin_logits_view(bin_logits)), self.expectation)
         return deltas.reshape(bin_logits.shape[0], self.num_bbox_reg_classes * 4)
 
     # ------------------------------------------------------------------------------------------
@@ -213,11 +216,14 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
         Returns:
             ce (R,): L_cls of each RoI (0 for ignored RoIs, label -1).
             bins (R, K): :meth:`bin_loss_terms`.
+            Both float32 (float64 for float64 scores), also for half-precision predictions.
         """
         scores, bin_logits = predictions
         num_stages = self.coder.num_stages
+        dtype = loss_dtype(scores)
         if not len(proposals):
-            zero = scores.sum() * 0.0 + bin_logits.sum() * 0.0  # connect the gradient
+            # connect the gradient; float32 as the other case (CUDA autocast sums in float32)
+            zero = scores.sum().to(dtype) * 0.0 + bin_logits.sum().to(dtype) * 0.0
             return zero.expand(0), zero.expand(0, num_stages)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
@@ -230,8 +236,10 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
         num_rois = gt_classes.numel()
 
         valid = nonzero_tuple(gt_classes >= 0)[0]
-        ce = F.cross_entropy(scores[valid], gt_classes[valid], reduction="none")
-        ce = scores.new_zeros(num_rois).index_copy(0, valid, ce)
+        ce = F.cross_entropy(scores[valid].to(dtype), gt_classes[valid], reduction="none")
+        # CUDA autocast does not promote index_copy (the CPU's does): a half-precision buffer
+        # with float32 losses fails on the GPU only. The buffer takes the losses' dtype.
+        ce = scores.new_zeros(num_rois, dtype=ce.dtype).index_copy(0, valid, ce)
         return ce, self.bin_loss_terms(proposal_boxes, gt_boxes, bin_logits, gt_classes)
 
     def bin_loss_terms(
@@ -248,15 +256,18 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
             bin_logits: (R, C*4*K*n or 4*K*n) from :meth:`forward`.
             gt_classes: (R,), C for background, -1 ignored.
         Returns:
-            (R, K); 0 for background and ignored RoIs.
+            (R, K); 0 for background and ignored RoIs. Float32 (float64 for float64 scores),
+            also for half-precision scores.
         """
         fg = nonzero_tuple((gt_classes >= 0) & (gt_classes < self.num_classes))[0]
         logits = self.bin_logits_view(bin_logits)  # (R, C or 1, 4, K, n)
         fg_logits = logits[fg, 0] if self.num_bbox_reg_classes == 1 else logits[fg, gt_classes[fg]]
         gt_deltas = self.box2box_transform.get_deltas(proposal_boxes[fg], gt_boxes[fg])  # t*
         targets = self.coder.encode(gt_deltas)  # (F, 4, K)
-        # Eq. 7: cross-entropy per coordinate i, summed over i in {x, y, w, h}.
-        fg_bins = self.coder.loss(fg_logits, targets).sum(dim=1)  # (F, K)
+        # Eq. 7: cross-entropy per coordinate i, summed over i in {x, y, w, h}; in float32 under
+        # mixed precision, so that the buffer below (index_copy: CUDA autocast does not promote
+        # it) and the loss have one dtype on every device.
+        fg_bins = self.coder.loss(upcast(fg_logits), targets).sum(dim=1)  # (F, K)
         return fg_bins.new_zeros((gt_classes.numel(), self.coder.num_stages)).index_copy(
             0, fg, fg_bins
         )
@@ -344,7 +355,8 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
             classes = torch.zeros_like(rois)
         else:
             rois, classes = nonzero_tuple(candidates)
-        deltas = self.coder.decode(logits[rois, classes], self.expectation)  # (F, 4)
+        # (F, 4); the softmax in float32, as predict_deltas
+        deltas = self.coder.decode(upcast(logits[rois, classes]), self.expectation)
         boxes = proposal_boxes.repeat(1, self.num_bbox_reg_classes)
         # (R, C or 1, 4): an explicit class count, as -1 is ambiguous when there is no RoI.
         boxes.view(len(boxes), self.num_bbox_reg_classes, 4)[rois, classes] = (
