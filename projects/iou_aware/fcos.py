@@ -20,6 +20,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes, ImageList, Instances
 
+from d2infra.modeling.precision import upcast
+
 from .iou_branch import (
     IOU_LOSS_TYPES,
     IoUConfidenceDecodingMixin,
@@ -64,7 +66,9 @@ def _head_norm(norm: str):
 class ConfigurableFCOS(FCOS):
     """Detectron2's :class:`FCOS`, buildable from a yaml config (``MODEL.FCOS``). Nothing else is
     redefined except, under Detectron2 v0.6, the labelling of images without ground truth (which
-    v0.6 fails on; main handles them): this is the FCOS baseline of the IoU-aware FCOS."""
+    v0.6 fails on; main handles them), and the dtype of the box deltas in :meth:`losses` and
+    :meth:`_decode_per_level_predictions` (mixed precision): this is the FCOS baseline of the
+    IoU-aware FCOS."""
 
     @configurable
     def __init__(self, **kwargs):
@@ -97,6 +101,23 @@ class ConfigurableFCOS(FCOS):
                 labels.append(labels_i[0])
                 boxes.append(boxes_i[0])
         return labels, boxes
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+               pred_centerness) -> Dict[str, Tensor]:
+        """:meth:`FCOS.losses` with the box deltas in float32. Under mixed precision (CUDA's
+        autocast as the CPU's) Detectron2 decodes float16/bfloat16 deltas into boxes of that
+        dtype, and its GIoU loss (fvcore's ``giou_loss``) assigns float32 values into a buffer of
+        their dtype in place, which fails; the deltas in float32 give float32 boxes."""
+        pred_anchor_deltas = [upcast(d) for d in pred_anchor_deltas]
+        return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+                              pred_centerness)
+
+    def _decode_per_level_predictions(self, anchors: Boxes, pred_scores: Tensor,
+                                      pred_deltas: Tensor, *args, **kwargs) -> Instances:
+        """Detectron2's decoding with the deltas in float32: ``Box2BoxTransformLinear`` decodes in
+        the deltas' dtype, and float16 boxes are rounded to 1 pixel at 1024 (bfloat16: 8)."""
+        return super()._decode_per_level_predictions(anchors, pred_scores, upcast(pred_deltas),
+                                                     *args, **kwargs)
 
     @classmethod
     def build_head(cls, cfg, input_shape: List[ShapeSpec]) -> nn.Module:

@@ -235,8 +235,10 @@ class IoUConfidenceDecodingMixin:
         num_classes = pred_scores.shape[1]
         anchor_idxs, classes_idxs = idxs // num_classes, idxs % num_classes
 
+        # Deltas in float32: FCOS's Box2BoxTransformLinear decodes in the deltas' dtype, and
+        # float16 boxes are rounded to 1 pixel at 1024 (RetinaNet's transform casts itself).
         pred_boxes = self.box2box_transform.apply_deltas(
-            pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+            upcast(pred_deltas[anchor_idxs]), anchors.tensor[anchor_idxs]
         )
         fields = {
             name: value.flatten()[idxs] if value.shape[1] > 1 else value[anchor_idxs, 0]
