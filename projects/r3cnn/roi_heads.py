@@ -595,6 +595,9 @@ class R3CNNROIHeads(RoISamplingMixin, PredictorFromConfigMixin, StandardROIHeads
         pred_iou = self._maskiou_of_class(x, class_logits, gt_classes)
         target = mask_iou_targets(class_logits.detach(), instances, self.maskiou_logit_thresh,
                                   gt_masks=gt_masks)
+        # In float32 under mixed precision: the target is not rounded to the prediction's half
+        # dtype, and CUDA (pow, sum in float32) and CPU (bfloat16) autocast agree.
+        pred_iou = pred_iou.float()
         # The mean over the positive targets, without gathering them (no host sync): 0 without.
         positive = (target > 0).to(pred_iou.dtype)
         squared = (pred_iou - target.to(pred_iou.dtype)) ** 2 * positive
