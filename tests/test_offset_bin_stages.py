@@ -313,3 +313,8 @@ def test_refuses_bad_input(tmp_path):
     with pytest.raises(ValueError, match="--baseline-weights"):
         stages.main(["--config-file", OFFSET_BIN, "--proposals", "baseline", "MODEL.WEIGHTS",
                      faster, *opts])
+    smaller = tmp_path / "smaller.yaml"  # the baseline's images at 128 px, the offset bins' at 256
+    smaller.write_text(f'_BASE_: "{FASTER}"\nINPUT:\n  MIN_SIZE_TEST: 128\n  MAX_SIZE_TEST: 128\n')
+    with pytest.raises(ValueError, match="INPUT.MIN_SIZE_TEST differs"):
+        stages.main(["--config-file", OFFSET_BIN, "--baseline-config", str(smaller),
+                     "--baseline-weights", faster, "MODEL.WEIGHTS", faster, *opts])

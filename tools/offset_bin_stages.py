@@ -10,8 +10,9 @@ On the images of ``cfg.DATASETS.TEST[0]`` both box heads see the same proposals,
 positive ones: a proposal is positive when its best IoU with a ground-truth box is at least
 ``--min-iou`` (default ``MODEL.ROI_HEADS.IOU_THRESHOLDS[-1]``, the threshold of the training's
 positives); it is measured against that ground truth (max-IoU matching, as Detectron2's Matcher),
-with the scores of its ground-truth class for class-specific heads. Each model pools the boxes from
-its own features. The proposals (``--proposals``):
+with the scores of its ground-truth class for class-specific heads. The images are resized once,
+by ``INPUT`` of ``--config-file`` (the baseline's must be the same), and each model pools the boxes
+from its own features. The proposals (``--proposals``):
 
 - ``jitter`` (default): ``--per-gt`` boxes drawn around every ground-truth box (each with its own
   strength, centre shifted by up to ``--max-shift`` of the box's width and height, width and
@@ -408,6 +409,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if args.baseline_weights is not None:
         bcfg = build_cfg(args.baseline_config,
                          list(args.opts) + ["MODEL.WEIGHTS", args.baseline_weights])
+        for key in ("MIN_SIZE_TEST", "MAX_SIZE_TEST", "FORMAT"):  # one image for both models
+            if bcfg.INPUT[key] != cfg.INPUT[key]:
+                raise ValueError(f"INPUT.{key} differs: {cfg.INPUT[key]!r} in --config-file, "
+                                 f"{bcfg.INPUT[key]!r} in --baseline-config; both models see "
+                                 f"the same resized images")
         baseline = _load(bcfg, "--baseline-weights")
         _standard_heads(baseline, "baseline")
     min_iou = args.min_iou if args.min_iou is not None else cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[-1]
@@ -430,10 +436,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             images = [m.preprocess_image(inputs) for m, _ in legs]
             features = [m.backbone(im.tensor) for (m, _), im in zip(legs, images)]
             sizes = [im.image_sizes[0] for im in images]
-            if sizes[-1] != sizes[0]:
-                raise ValueError(f"the two configs resize the images differently ({sizes[0]} vs "
-                                 f"{sizes[-1]}): give them the same INPUT.MIN_SIZE_TEST and "
-                                 f"INPUT.MAX_SIZE_TEST")
             image_size = sizes[0]
             if args.proposals == "jitter":
                 boxes = jitter_boxes(gt.gt_boxes.tensor, image_size, args.per_gt, generator,
