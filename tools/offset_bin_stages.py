@@ -268,7 +268,7 @@ def _mean(x: Tensor) -> float:
 
 
 def _median(x: Tensor) -> float:
-    return float(x.double().flatten().median()) if x.numel() else float("nan")
+    return float(torch.quantile(x.double().flatten(), 0.5)) if x.numel() else float("nan")
 
 
 def summarize(coder, rows: Dict[str, Tensor], proposal_ious: Tensor,
