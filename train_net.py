@@ -10,7 +10,6 @@ Every project's config is added, so any config of ``configs/`` runs from here.
 """
 import logging
 import os
-import re
 import weakref
 from typing import Any, Dict, List
 
@@ -34,7 +33,8 @@ from d2infra.config import merge_from_file, merge_from_list
 from d2infra.data import check_dataset_names, ensure_generated, register_coco_format_datasets
 from d2infra.data.checks import check_datasets
 from d2infra.engine import (
-    build_optimizer, create_ddp_model, device_fallback_warning, launch, resolve_device)
+    build_optimizer, create_ddp_model, device_fallback_warning, launch, plain_text_log_files,
+    resolve_device)
 from imbalance import add_imbalance_config
 from imbalance.diagnostics import insert_imbalance_stats_hook
 from iou_aware import add_iou_aware_config, build_localization_evaluator
@@ -169,37 +169,6 @@ def setup(args) -> CfgNode:
     default_setup(cfg, args)
     check_datasets(cfg, training=not args.eval_only)  # the data against the config
     return cfg
-
-
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class PlainTextFormatter(logging.Formatter):
-    """A handler's formatter with terminal colour codes (ANSI escape sequences) removed."""
-
-    def __init__(self, inner: logging.Formatter):
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        return _ANSI_ESCAPE.sub("", self.inner.format(record))
-
-
-def plain_text_log_files(output_dir: str) -> None:
-    """Every handler of the ``detectron2`` and ``fvcore`` loggers that does not write to a terminal
-    (``log.txt``, a redirected stdout) writes plain text. Detectron2's ``default_setup`` logs the
-    config file and the full config highlighted for a terminal (pygments), colour codes that its
-    handlers write to ``log.txt`` as they are. These are the loggers ``default_setup`` sets up,
-    with its arguments: ``setup_logger`` is cached, so ``default_setup`` then logs through the
-    handlers changed here."""
-    rank = comm.get_rank()
-    loggers = [setup_logger(output_dir, distributed_rank=rank, name="fvcore"),
-               setup_logger(output_dir, distributed_rank=rank)]
-    for handler in (h for lg in loggers for h in lg.handlers):
-        stream = getattr(handler, "stream", None)
-        to_terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
-        if not to_terminal and not isinstance(handler.formatter, PlainTextFormatter):
-            handler.setFormatter(PlainTextFormatter(handler.formatter or logging.Formatter()))
 
 
 def check_weights(cfg: CfgNode) -> None:
