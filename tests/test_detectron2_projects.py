@@ -37,3 +37,12 @@ def test_deeplab_imports():
     from detectron2.projects.deeplab import DeepLabV3PlusHead, add_deeplab_config
 
     assert callable(add_deeplab_config) and DeepLabV3PlusHead.__name__ == "DeepLabV3PlusHead"
+
+
+def test_model_zoo_imports_and_finds_its_configs():
+    """``detectron2.model_zoo`` imports ``pkg_resources`` (setuptools < 81, constraints.txt) and
+    names the configs the wheel ships."""
+    from detectron2 import model_zoo
+
+    path = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    assert Path(path).is_file() and Path(path).resolve().is_relative_to(INSTALLED)
