@@ -4,16 +4,17 @@ A curve is a model trained once at ``curve_factor`` times the schedule (the LR s
 evaluated every 1x of the schedule (``planning.Planner.opts``); each point holds the metrics of
 ``coco_ap.metrics_from_results`` at that iteration (``train_child``).
 
-The plateau rule (read off the group's baseline): the plateau schedule is the first evaluation,
-from the second on, at which box AP gained less than ``MIN_GAIN`` (1.0) over the evaluation before
-it; a curve that never flattens has its plateau at its last evaluation, and says so. The schedule
-is the multiple of the base schedule at that iteration.
+The plateau rule (read off the group's baseline): training has flattened at the first evaluation
+whose box AP gained less than ``MIN_GAIN`` (1.0) over its last two evaluations, i.e. over the one
+two evaluations before it (AP[n] - AP[n-2] < 1.0, n >= 2: one noisy evaluation alone does not end
+the curve); the plateau schedule is that evaluation's iteration, as a multiple of the base
+schedule. A curve that never flattens has its plateau at its last evaluation, and says so.
 """
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["MIN_GAIN", "CURVE_METRICS", "plateau_iteration", "plateau_factor", "plot_curves",
-           "curves_markdown"]
+           "curves_markdown", "evaluation_missing"]
 
 MIN_GAIN = 1.0
 CURVE_METRICS = ("AP", "AP75", "AP90")
@@ -22,12 +23,13 @@ CURVE_METRICS = ("AP", "AP75", "AP90")
 def plateau_iteration(points: Sequence[dict], min_gain: float = MIN_GAIN,
                       metric: str = "AP") -> Tuple[Optional[int], bool]:
     """(the iteration where the curve has flattened, whether it did): the first point, from the
-    second on, whose ``metric`` gained less than ``min_gain`` over the point before it; else
-    (the last point's iteration, False). (None, False) for no point."""
+    third on, whose ``metric`` gained less than ``min_gain`` over its last two evaluations (over
+    the point two before it); else (the last point's iteration, False). (None, False) for no
+    point."""
     pts = sorted(points, key=lambda p: p["iteration"])
-    for prev, cur in zip(pts, pts[1:]):
-        if cur[metric] is not None and prev[metric] is not None and \
-                cur[metric] - prev[metric] < min_gain:
+    for before, cur in zip(pts, pts[2:]):
+        if cur[metric] is not None and before[metric] is not None and \
+                cur[metric] - before[metric] < min_gain:
             return cur["iteration"], True
     return (pts[-1]["iteration"], False) if pts else (None, False)
 
@@ -43,13 +45,23 @@ def plateau_factor(points: Sequence[dict], period: int, max_factor: int,
     pts = {p["iteration"]: p["AP"] for p in points}
     factor = max(1, round(it / period))
     if flat:
-        before = max(i for i in pts if i < it)
+        before = sorted(i for i in pts if i < it)[-2]
         return factor, (f"box AP {pts[before]:.1f} at {before} -> {pts[it]:.1f} at {it}: gained "
-                        f"less than {min_gain:g}")
+                        f"less than {min_gain:g} over two evaluations")
     if factor < max_factor:
         return None, f"the curve stops at {it} iterations without flattening"
     return factor, (f"not flattened by {it} iterations (every evaluation gained {min_gain:g} or "
                     "more): its last one")
+
+
+def evaluation_missing(points: Sequence[dict], start_iter: int, period: int,
+                       max_iter: int) -> bool:
+    """Whether a curve run resumed at ``start_iter`` must evaluate before it trains on: its last
+    checkpoint (written at the step before an evaluation) is at an evaluation's iteration that
+    has no point, i.e. the run stopped during that evaluation. The final evaluation is not
+    concerned: Detectron2's EvalHook runs it after training, resumed or not."""
+    return (period > 0 and 0 < start_iter < max_iter and start_iter % period == 0
+            and all(p["iteration"] != start_iter for p in points))
 
 
 def plot_curves(title: str, curves: Dict[str, List[dict]], plateau_at: Optional[int],

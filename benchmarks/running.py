@@ -252,7 +252,7 @@ def write_curves(planner: Planner, args, written_by: str, docs_dir: Optional[str
             f"Each model is trained once (seed {planner.seeds[0]}) at {planner.suite.curve_factor}x "
             "the schedule, LR steps scaled, and evaluated every 1x. Plateau rule (on the "
             f"baseline, the first model of a group): the first evaluation that gains less than "
-            f"{MIN_GAIN:g} box AP over the one before it (`benchmarks/curves.py`).", "",
+            f"{MIN_GAIN:g} box AP over its last two evaluations (`benchmarks/curves.py`).", "",
             curves_markdown(rows)]
     os.makedirs(os.path.dirname(out_md), exist_ok=True)
     with open(out_md, "w") as f:

@@ -89,7 +89,7 @@ class Curve:
     """A learning curve: ``models`` (``models[0]`` the baseline) trained once, first seed, at the
     suite's ``curve_factor`` times the schedule (the LR steps scaled), evaluated every
     ``curve_eval_period`` iterations on the test set. The baseline's curve decides the plateau
-    schedule (``curves.plateau``); ``seeded`` models are trained at that schedule with every seed."""
+    schedule (``curves.plateau_factor``); ``seeded`` models are trained at that schedule with every seed."""
 
     name: str
     title: str
@@ -371,8 +371,8 @@ _EMBEDDED_ABLATIONS = (
 
 # Learning curves to the plateau: each group trained once (seed 1) at 6x the schedule (9000
 # iterations, LR steps at 6600 and 8100), evaluated every 1500 iterations. The baseline's curve
-# gives the plateau schedule (curves.plateau: the first evaluation that gains less than 1.0 box AP
-# over the one before it); the seeded models are then trained with seeds 1-3 at that schedule.
+# gives the plateau schedule (curves.py: the first evaluation that gains less than 1.0 box AP over
+# its last two evaluations); the seeded models are then trained with seeds 1-3 at that schedule.
 # The headline group first: its plateau decides the seeded trainings.
 _EMBEDDED_CURVES = (
     Curve("curve_mask_rcnn_vs_r3cnn", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN",

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from coco_ap import METRICS, metrics_from_results
+from curves import evaluation_missing
 from records import (REPO, config_dict, config_digest, git_head, machine_description,
                      read_json, write_json)
 
@@ -165,6 +166,13 @@ def child_train(spec: dict) -> None:
     start_iter = trainer.start_iter
     if os.path.isfile(curve_file):  # the points evaluated before an interruption
         BenchmarkTrainer.curve = [p for p in read_json(curve_file) if p["iteration"] <= start_iter]
+    if evaluation_missing(BenchmarkTrainer.curve, start_iter, cfg.TEST.EVAL_PERIOD,
+                          cfg.SOLVER.MAX_ITER):
+        # stopped during the evaluation at start_iter (its checkpoint came first): do it now
+        from detectron2.utils.events import EventStorage
+
+        with EventStorage(start_iter - 1):
+            BenchmarkTrainer.test(cfg, trainer.model)
     if start_iter > 0:
         # Fast-forward the stream past the start_iter batches the checkpoint has trained on: the
         # same sampler indices and augmentation draws (the loader's workers take turns in a fixed

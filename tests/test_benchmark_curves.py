@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from coco_ap import METRICS  # noqa: E402
-from curves import plateau_factor, plateau_iteration  # noqa: E402
+from curves import evaluation_missing, plateau_factor, plateau_iteration  # noqa: E402
 from planning import Planner, Run  # noqa: E402
 from records import write_json  # noqa: E402
 from suites import Curve, LRSweep, Model, Pair, Suite, get_suite  # noqa: E402
@@ -23,16 +23,19 @@ def _points(aps, period=1500):
             for i, ap in enumerate(aps)]
 
 
-def test_plateau_is_the_first_evaluation_gaining_less_than_one_ap():
-    # gains 10, 5, 0.5 (< 1) -> the 4th evaluation, 6000 iterations, 4x the schedule
-    pts = _points([10.0, 20.0, 25.0, 25.5, 30.0, 31.0])
-    assert plateau_iteration(pts) == (6000, True)
+def test_plateau_is_the_first_evaluation_gaining_less_than_one_ap_over_two():
+    # gains over two evaluations: 15 (10 -> 25), 5.5 (20 -> 25.5), 0.7 (25 -> 25.7 < 1) -> the
+    # 5th evaluation, 7500 iterations, 5x the schedule
+    pts = _points([10.0, 20.0, 25.0, 25.5, 25.7, 31.0])
+    assert plateau_iteration(pts) == (7500, True)
     factor, why = plateau_factor(pts, 1500, 6)
-    assert factor == 4 and "25.0 at 4500 -> 25.5 at 6000" in why
-    # a gain of exactly 1.0 is not "less than 1.0"; a loss is
-    assert plateau_iteration(_points([10.0, 11.0, 10.5])) == (4500, True)
+    assert factor == 5 and "25.0 at 4500 -> 25.7 at 7500" in why
+    # one evaluation that gains less than 1.0 over the one before does not end the curve
+    assert plateau_iteration(_points([10.0, 10.5, 14.0, 18.0])) == (6000, False)
+    # a gain of exactly 1.0 over two is not "less than 1.0"; a loss is
+    assert plateau_iteration(_points([10.0, 10.5, 11.0, 10.9])) == (6000, True)
     # order of the points does not matter
-    assert plateau_iteration(list(reversed(pts))) == (6000, True)
+    assert plateau_iteration(list(reversed(pts))) == (7500, True)
 
 
 def test_a_curve_that_never_flattens():
@@ -43,6 +46,19 @@ def test_a_curve_that_never_flattens():
     # cut short (a diverged curve) without flattening: no plateau
     assert plateau_factor(rising[:3], 1500, 6)[0] is None
     assert plateau_iteration([]) == (None, False)
+    assert plateau_iteration(rising[:2]) == (3000, False)  # two points cannot show a plateau
+
+
+def test_a_run_stopped_during_an_evaluation_evaluates_when_resumed():
+    pts = _points([10.0, 20.0])  # 1500, 3000
+    # resumed at 4500 (the checkpoint written just before the evaluation at 4500): missing
+    assert evaluation_missing(pts, 4500, 1500, 9000)
+    # resumed at 3000 with its point, mid-way (4000), at the start, at the end, or no curve
+    assert not evaluation_missing(pts, 3000, 1500, 9000)
+    assert not evaluation_missing(pts, 4000, 1500, 9000)
+    assert not evaluation_missing([], 0, 1500, 9000)
+    assert not evaluation_missing(pts, 9000, 1500, 9000)  # the final one: EvalHook.after_train
+    assert not evaluation_missing([], 3000, 0, 9000)
 
 
 def _planner(tmp_path) -> Planner:
@@ -79,11 +95,12 @@ def test_curve_runs_and_the_seeds_at_the_plateau(tmp_path):
     assert pairs["SOLVER.MAX_ITER"] == "9000" and pairs["SOLVER.STEPS"] == "(6600, 8100)"
     assert pairs["SOLVER.WARMUP_ITERS"] == "100" and pairs["TEST.EVAL_PERIOD"] == "1500"
     assert "TEST.EVAL_PERIOD" not in planner.opts(Run("base", 1, 0.01, 3))
-    # the baseline flattens at 4500 (gain 0.4): seeds 1-3 of both seeded models at 3x
-    _record(planner, Run("base", 1, 0.01, 6), 40.0, _points([30.0, 38.0, 38.4, 39.0, 42.0, 43.0]))
-    assert planner.plateau(planner.suite.curves[0])[0] == 3
+    # the baseline flattens at 6000 (38.6 - 38.0 = 0.6 over two evaluations): seeds 1-3 of both
+    # seeded models at 4x
+    _record(planner, Run("base", 1, 0.01, 6), 40.0, _points([30.0, 38.0, 38.5, 38.6, 42.0, 43.0]))
+    assert planner.plateau(planner.suite.curves[0])[0] == 4
     todo = [p.name for p in planner.pieces() if p.status == "todo"]
-    assert todo == ["other-lr0.01-x6-seed1"] + [f"{m}-lr0.01-x3-seed{s}" for s in (1, 2, 3)
+    assert todo == ["other-lr0.01-x6-seed1"] + [f"{m}-lr0.01-x4-seed{s}" for s in (1, 2, 3)
                                                 for m in ("base", "other")]
 
 
@@ -91,7 +108,7 @@ def test_curves_are_written_from_the_records(tmp_path):
     planner = _planner(tmp_path)
     for lr, ap in zip(GRID, (20.0, 30.0, 25.0)):
         _record(planner, Run("base", 1, lr), ap)
-    _record(planner, Run("base", 1, 0.01, 6), 40.0, _points([30.0, 38.0, 38.4, 39.0, 42.0, 43.0]))
+    _record(planner, Run("base", 1, 0.01, 6), 40.0, _points([30.0, 38.0, 38.5, 38.6, 42.0, 43.0]))
     _record(planner, Run("other", 1, 0.01, 6), 45.0, _points([33.0, 41.0, 44.0, 44.5, 45.0, 46.0]))
     from running import write_curves
 
@@ -101,8 +118,8 @@ def test_curves_are_written_from_the_records(tmp_path):
     md_path = write_curves(planner, Args, written_by="python benchmarks/run.py --curves",
                            docs_dir=str(tmp_path / "docs"))
     text = open(md_path).read()
-    assert "Plateau schedule: 3x (4500 iterations)" in text
-    assert "| Base | 30.0 | 38.0 | 38.4 | 39.0 | 42.0 | 43.0 | 21.5 / 10.8 |" in text
+    assert "Plateau schedule: 4x (6000 iterations)" in text
+    assert "| Base | 30.0 | 38.0 | 38.5 | 38.6 | 42.0 | 43.0 | 21.5 / 10.8 |" in text
     assert "| Other | 33.0 | 41.0 | 44.0 | 44.5 | 45.0 | 46.0 | 23.0 / 11.5 |" in text
     assert "![Curve](../docs/t-c.png)" in text
     with open(tmp_path / "docs" / "t-c.png", "rb") as f:
