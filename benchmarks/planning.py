@@ -8,7 +8,7 @@ seeded models with the other seeds, pair by pair, the cheapest pair first; (4) t
 check; (5) a member that diverged at its family's rate, at the other rates of the grid (its own
 best one is an extra row); (6) the learning curves, group by group, each to the suite's
 ``curve_factor`` times the schedule; (7) once a group's baseline curve is in, the group's seeded
-models with every seed at its plateau schedule (``curves.plateau``).
+models with every seed at its plateau schedule (``curves.plateau_factor``).
 """
 import os
 import statistics

@@ -7,7 +7,8 @@ anchors per image as RetinaNet labels them, against the first value of its loss 
 the ground-truth sizes. A box whose best anchor stays below 0.5 is still matched to it
 (``allow_low_quality_matches``), but it trains on one weak anchor.
 
-    python benchmarks/retinanet_anchors.py --config-file configs/baselines/retinanet_smallR_FPN_shapes.yaml
+    python benchmarks/retinanet_anchors.py \
+        --config-file configs/baselines/retinanet_smallR_FPN_shapes.yaml
 """
 import argparse
 import os
@@ -21,14 +22,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def coverage(cfg, sizes: List[List[float]], records: List[dict], fg_iou: float) -> Dict[str, float]:
+def coverage(cfg, sizes: List[List[float]], records: List[dict],
+             fg_iou: float) -> Dict[str, float]:
     """Share of boxes with an anchor at IoU >= ``fg_iou``, and foreground anchors per box."""
     from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
     from detectron2.modeling.matcher import Matcher
     from detectron2.structures import BoxMode, Boxes, pairwise_iou
 
     strides = [8, 16, 32, 64, 128][: len(sizes)]
-    gen = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
+    gen = DefaultAnchorGenerator(sizes=sizes,
+                                 aspect_ratios=cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
                                  strides=strides, offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
     # RetinaNet's own labelling (Detectron2's RetinaNet.label_anchors): IoU thresholds, labels and
     # the low-quality matches that give every box its best anchor
@@ -54,7 +57,8 @@ def coverage(cfg, sizes: List[List[float]], records: List[dict], fg_iou: float) 
         covered += int((iou.max(dim=1).values >= fg_iou).sum())
         per_box += (iou >= fg_iou).sum(dim=1).tolist()
         n += len(b)
-    return {"boxes": n, "covered": covered / max(n, 1), "fg_anchors_per_box": float(np.mean(per_box)),
+    return {"boxes": n, "covered": covered / max(n, 1),
+            "fg_anchors_per_box": float(np.mean(per_box)),
             "boxes_without_fg_anchor": n - covered,
             "positives_per_image": float(np.mean(pos_per_image))}
 
@@ -99,8 +103,8 @@ def main() -> None:
     # The focal loss is divided by an EMA of the batch's positive count (Detectron2's
     # RetinaNet.losses: momentum 0.9, first value 100); FCOS's normaliser is the same EMA.
     batch = cfg.SOLVER.IMS_PER_BATCH
-    print(f"\nThe loss normaliser's EMA starts at 100; with the config's anchors a batch of {batch} "
-          f"images has about {batch * coverage(cfg, now, records, fg)['positives_per_image']:.0f} "
+    print(f"\nThe loss normaliser's EMA starts at 100; with the config's anchors a batch of "
+          f"{batch} images has about {batch * coverage(cfg, now, records, fg)['positives_per_image']:.0f} "
           "positive anchors (the value the EMA moves to, 0.9 per iteration).")
 
 

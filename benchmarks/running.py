@@ -210,7 +210,8 @@ def write_report(planner: Planner, args, written_by: Optional[str] = None) -> st
     return base + ".json"
 
 
-def write_curves(planner: Planner, args, written_by: str, docs_dir: Optional[str] = None) -> str:
+def write_curves(planner: Planner, args, written_by: str,
+                 docs_dir: Optional[str] = None) -> str:
     """The learning curves of the records so far: a PNG per group in ``docs/`` (AP, AP75, AP90
     against iteration, the plateau marked) and ``<results-dir>/<suite>-curves.md`` with the
     tables, the plateau rule's reading and the commands; the Markdown file's path."""

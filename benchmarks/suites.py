@@ -89,7 +89,8 @@ class Curve:
     """A learning curve: ``models`` (``models[0]`` the baseline) trained once, first seed, at the
     suite's ``curve_factor`` times the schedule (the LR steps scaled), evaluated every
     ``curve_eval_period`` iterations on the test set. The baseline's curve decides the plateau
-    schedule (``curves.plateau_factor``); ``seeded`` models are trained at that schedule with every seed."""
+    schedule (``curves.plateau_factor``); ``seeded`` models are trained at that schedule with
+    every seed."""
 
     name: str
     title: str
