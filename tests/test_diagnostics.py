@@ -32,6 +32,16 @@ def test_iou_histogram_bins():
     assert iou_bin_names()[0] == "iou_0.50" and iou_bin_names()[-1] == "iou_0.95"
 
 
+def test_iou_histogram_drops_nan_and_inf():
+    """NaN, inf and -inf are outside [0.5, 1]: dropped, the other values counted as usual (a NaN
+    used to become bin index INT64_MIN, and index_add_ failed)."""
+    nan, inf = float("nan"), float("inf")
+    ious = torch.tensor([nan, 0.55, inf, 1.0, -inf, nan, 0.51])
+    assert iou_histogram(ious).tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    marked = torch.tensor([True, False, True, True, True, True, True])
+    assert iou_histogram(ious, weights=marked).tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+
+
 def hand_built_head(**opts):
     cfg = get_cfg()
     imbalance.add_imbalance_config(cfg)

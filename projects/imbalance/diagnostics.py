@@ -52,7 +52,8 @@ def check_diagnostics_period(period: int) -> int:
 def iou_histogram(ious: torch.Tensor, num_bins: int = IOU_HIST_BINS, lo: float = IOU_HIST_RANGE[0],
                   hi: float = IOU_HIST_RANGE[1], weights: Optional[torch.Tensor] = None
                   ) -> torch.Tensor:
-    """Counts of ``ious`` in ``num_bins`` equal bins over [lo, hi]; values outside are dropped.
+    """Counts of ``ious`` in ``num_bins`` equal bins over [lo, hi]; values outside, and NaN, are
+    dropped.
 
     Bins are closed on the left and open on the right, but the last bin includes ``hi`` (IoU 1.0
     of a ground-truth box added to the proposals). ``weights`` (0/1 or booleans, the shape of
@@ -63,7 +64,9 @@ def iou_histogram(ious: torch.Tensor, num_bins: int = IOU_HIST_BINS, lo: float =
     inside = (ious >= lo) & (ious <= hi)
     if weights is not None:
         inside &= weights.flatten().bool()
-    idx = ((ious - lo) / (hi - lo) * num_bins).floor().clamp_(0, num_bins - 1).long()
+    # A dropped value is binned as ``lo`` (its count is 0): NaN would become index INT64_MIN.
+    binned = torch.where(inside, ious, torch.full_like(ious, lo))
+    idx = ((binned - lo) / (hi - lo) * num_bins).floor().clamp_(0, num_bins - 1).long()
     counts = torch.zeros(num_bins, dtype=torch.long, device=ious.device)
     return counts.index_add_(0, idx, inside.long())
 
