@@ -5,8 +5,8 @@
         --input img1.png img2.jpg --output demo_out/ \
         --opts MODEL.WEIGHTS benchmarks/work/embedded/r3cnn_naive-seed1/model_final.pth
 
-Runs Detectron2's ``DefaultPredictor`` (the config's test resize, input format and device) and draws
-with Detectron2's ``Visualizer``, with the class names of the config's first test dataset. Writes
+Runs Detectron2's ``DefaultPredictor`` (the config's test resize, input format and device; the
+weights read by ``D2InfraCheckpointer``) and draws with Detectron2's ``Visualizer``, with the class names of the config's first test dataset. Writes
 one PNG per input, of the input's size, named after it (``<output>/<input stem>.png``), and
 nothing else: the config's ``OUTPUT_DIR`` (a training run's, for its ``config.yaml``) is left as
 it is; messages go to the console.
@@ -45,6 +45,18 @@ def read_image(path: str) -> np.ndarray:
     return img
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The config asks for CUDA, which is unavailable here, and does not allow the CPU."""
+
+
+def _raised_by(error: BaseException, function) -> bool:
+    """Whether ``error`` was raised in ``function`` itself (its traceback's innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code is function.__code__
+
+
 def setup_cfg(args: argparse.Namespace):
     """The config of ``--config-file`` and ``--opts``, with its datasets registered (for the class
     names), logging to the console only. Unlike ``train_net.py``, no Detectron2 ``default_setup``:
@@ -54,10 +66,18 @@ def setup_cfg(args: argparse.Namespace):
     from detectron2.utils.logger import setup_logger
 
     from d2infra.data import check_dataset_names, register_coco_format_datasets
-    from d2infra.engine import device_fallback_warning
+    from d2infra.engine import device_fallback_warning, resolve_device
     from train_net import build_cfg
 
-    cfg = build_cfg(args.config_file, list(args.opts))
+    try:
+        cfg = build_cfg(args.config_file, list(args.opts))
+    except RuntimeError as e:
+        if not _raised_by(e, resolve_device):
+            raise
+        # MODEL.DEVICE cuda, no CUDA here, and the config does not allow the CPU: e.g. the
+        # config.yaml of a GPU training run, on a CPU machine.
+        raise DeviceUnavailableError(
+            f"{e} For the demo: add MODEL.DEVICE cpu to --opts.") from e
     register_coco_format_datasets(cfg)
     check_dataset_names(cfg)
     setup_logger(name="fvcore")
@@ -68,6 +88,34 @@ def setup_cfg(args: argparse.Namespace):
         print("demo.py: warning: no MODEL.WEIGHTS given: the model is randomly initialised",
               file=sys.stderr)
     return cfg
+
+
+def build_predictor(cfg):
+    """Detectron2's ``DefaultPredictor`` of ``cfg``, its ``MODEL.WEIGHTS`` read by
+    ``D2InfraCheckpointer``: a truncated or corrupt file is an error naming it
+    (:class:`d2infra.checkpoint.CheckpointReadError`), not torch's bare error."""
+    import logging
+
+    from detectron2.engine import DefaultPredictor
+
+    from d2infra.checkpoint import D2InfraCheckpointer
+
+    weightless = cfg.clone()
+    weightless.defrost()
+    weightless.MODEL.WEIGHTS = ""
+    weightless.freeze()
+    # Without weights, the checkpointer logs "No checkpoint found. Initializing model from
+    # scratch": not true here (setup_cfg warns when there really are no weights).
+    checkpoint_logger = logging.getLogger("fvcore.common.checkpoint")
+    level = checkpoint_logger.level
+    checkpoint_logger.setLevel(logging.WARNING)
+    try:
+        predictor = DefaultPredictor(weightless)
+    finally:
+        checkpoint_logger.setLevel(level)
+    predictor.cfg = cfg.clone()
+    D2InfraCheckpointer(predictor.model).load(cfg.MODEL.WEIGHTS)
+    return predictor
 
 
 def visualize(predictions: dict, image_bgr: np.ndarray, metadata,
@@ -89,7 +137,6 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     # Check every input before building the model: a typo fails at once.
     images = [read_image(p) for p in args.input]
     from detectron2.data import MetadataCatalog
-    from detectron2.engine import DefaultPredictor
 
     from d2infra.data import ensure_generated
 
@@ -98,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     if dataset:
         ensure_generated(dataset)
     metadata = MetadataCatalog.get(dataset if dataset else "__unused")
-    predictor = DefaultPredictor(cfg)
+    predictor = build_predictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     written = []
     for path, img in zip(args.input, images):
@@ -113,11 +160,20 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     return written
 
 
-if __name__ == "__main__":
+def cli(argv: Optional[List[str]] = None) -> int:
+    """:func:`main` as the command line runs it: its exit status, 2 with a one-line message for
+    bad input (a file, a config key, a device or a checkpoint), 0 otherwise."""
+    from d2infra.checkpoint import CheckpointReadError
     from d2infra.config import UnknownConfigKeyError
 
     try:
-        main()
-    except (FileNotFoundError, IsADirectoryError, ValueError, UnknownConfigKeyError) as e:
+        main(argv)
+    except (FileNotFoundError, IsADirectoryError, ValueError, UnknownConfigKeyError,
+            DeviceUnavailableError, CheckpointReadError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

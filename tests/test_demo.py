@@ -109,3 +109,43 @@ def test_unreadable_image_is_a_clear_error(trained, tmp_path):
     proc = demo(trained, bad, tmp_path / "o")
     assert proc.returncode == 2 and "not an image" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_truncated_weights_are_a_clear_error_naming_the_file(trained, image, tmp_path, capsys):
+    """MODEL.WEIGHTS cut short (an interrupted copy): exit status 2 and D2InfraCheckpointer's
+    message naming the file, not torch's "PytorchStreamReader failed reading zip archive"."""
+    import demo as demo_py
+
+    _, weights = trained
+    data = weights.read_bytes()
+    cut = tmp_path / "model_final.pth"
+    cut.write_bytes(data[:len(data) // 2])
+    path, _ = image
+    args = ["--config-file", CONFIG, "--input", str(path), "--output", str(tmp_path / "o"),
+            "--opts", *SMALL, "MODEL.WEIGHTS", str(cut)]
+    with detectron2_log(trained[0]):
+        assert demo_py.cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("demo.py: error: cannot read the checkpoint") and str(cut) in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_cuda_config_without_cuda_is_a_clear_error(trained, image, tmp_path, capsys,
+                                                   monkeypatch):
+    """A config asking for CUDA without the CPU fallback (a GPU training run's config.yaml), on a
+    machine without CUDA: exit status 2, the device rule's message and the demo's --opts fix;
+    before any model is built."""
+    import torch
+
+    import demo as demo_py
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path, _ = image
+    args = ["--config-file", CONFIG, "--input", str(path), "--output", str(tmp_path / "o"),
+            "--opts", *SMALL, "MODEL.DEVICE", "cuda", "MODEL.ALLOW_CPU_FALLBACK", "False"]
+    with detectron2_log(trained[0]):
+        assert demo_py.cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("demo.py: error: MODEL.DEVICE 'cuda'") and "Traceback" not in err
+    assert err.rstrip().endswith("For the demo: add MODEL.DEVICE cpu to --opts.")
+    assert not (tmp_path / "o").exists()
