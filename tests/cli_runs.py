@@ -1,10 +1,12 @@
 """train_net.py and demo.py in the tests: as a fresh process (the command line end to end), or their
 ``main`` in this process with the arguments the command line would parse (the same code without
-an interpreter start-up, which costs several seconds of CPU with Detectron2 on this machine)."""
+an interpreter start-up, which costs several seconds of CPU with Detectron2 on this machine); and
+the README's sections and code blocks that tests run as written."""
 import contextlib
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +15,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = "configs/baselines/mask_rcnn_smallR_FPN_shapes.yaml"
 SMALL = ["DATASETS.TRAIN", '("shapes_mini_train",)', "DATASETS.TEST", '("shapes_mini_val",)',
          "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1"]
+
+
+def readme_section(heading: str) -> str:
+    """The text of README.md under the line ``heading`` (e.g. ``"## Train on your own data"``), up
+    to the next ``## `` heading."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert heading + "\n" in text, f"README.md has no heading {heading!r}"
+    return text.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_code_block(heading: str, lang: str) -> str:
+    """The first ```<lang> block of README.md under ``heading`` (:func:`readme_section`)."""
+    m = re.search(rf"^```{re.escape(lang)}\n(.*?)^```", readme_section(heading), re.M | re.S)
+    assert m, f"no ```{lang} block under {heading!r}"
+    return m.group(1)
 
 
 def run_script(datasets_dir, script: str, *args: str,

@@ -6,14 +6,14 @@ then executes the README's snippet for other projects as written (extracted from
 one forward pass of the model it builds.
 """
 import os
-import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cli_runs import readme_code_block
+
 README_HEADING = "## Using the heads from another Detectron2 project"
 
 OUTSIDE_PROJECT = textwrap.dedent("""
@@ -70,21 +70,10 @@ SNIPPET_CHECK = textwrap.dedent("""
 """)
 
 
-def readme_snippet() -> str:
-    """The first ```python block under the README's heading for other projects."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    assert README_HEADING + "\n" in text, f"README.md has no heading {README_HEADING!r}"
-    section = text.split(README_HEADING + "\n", 1)[1].split("\n## ", 1)[0]
-    m = re.search(r"^```python\n(.*?)^```", section, re.M | re.S)
-    assert m, f"no ```python block under {README_HEADING!r}"
-    return m.group(1)
-
-
 @pytest.mark.parametrize("order", ["detectron2-first", "ours-first"])
 def test_outside_project_runs_the_readme_snippet(tmp_path, order):
     script = tmp_path / "outside_project.py"
-    script.write_text(OUTSIDE_PROJECT + readme_snippet() + SNIPPET_CHECK)
+    script.write_text(OUTSIDE_PROJECT + readme_code_block(README_HEADING, "python") + SNIPPET_CHECK)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, str(script), order], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -20,7 +20,7 @@ import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cli_runs import REPO, train_net_main
+from cli_runs import REPO, readme_code_block, readme_section, train_net_main
 
 HEADING = "## Train on your own data"
 DATA_PREFIX = "/data/mine"
@@ -29,17 +29,6 @@ FAST = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITER
         "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN",
         "128", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"]
 RECORD = r'python() { printf "%s\0" "$@"; printf "\1\0"; }'
-
-
-def own_data_block() -> str:
-    """The first ```bash block under the README's own-data heading."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    assert HEADING + "\n" in text, f"README.md has no heading {HEADING!r}"
-    section = text.split(HEADING + "\n", 1)[1].split("\n## ", 1)[0]
-    m = re.search(r"^```bash\n(.*?)^```", section, re.M | re.S)
-    assert m, f"no ```bash block under {HEADING!r}"
-    return m.group(1)
 
 
 def recorded_commands(block: str) -> list:
@@ -86,8 +75,7 @@ def write_tiny_coco(root, split: str, n: int) -> None:
 
 
 def test_the_section_names_each_class_count_key_and_mask_on():
-    section = open(os.path.join(REPO, "README.md"), encoding="utf-8").read().split(HEADING)[1]
-    section = section.split("\n## ", 1)[0]
+    section = readme_section(HEADING)
     for key in ("MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.RETINANET.NUM_CLASSES",
                 "MODEL.FCOS.NUM_CLASSES", "MODEL.MASK_ON False", "INPUT.MIN_SIZE_TRAIN",
                 "SOLVER.MAX_ITER", "_smallR_FPN_shapes", "_R_50_FPN_1x_coco"):
@@ -114,7 +102,7 @@ def _classifier_outputs(checkpoint: str) -> dict:
 
 
 def test_own_data_commands_run_as_written(mine, tmp_path, monkeypatch):
-    block = own_data_block().replace(DATA_PREFIX, str(mine))
+    block = readme_code_block(HEADING, "bash").replace(DATA_PREFIX, str(mine))
     commands = recorded_commands(block)
     assert len(commands) >= 4, commands
     work = tmp_path / "work"
