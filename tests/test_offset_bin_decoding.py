@@ -143,22 +143,28 @@ def test_class_agnostic_decoding(expectation):
 SHAPES = {"p2": ShapeSpec(channels=8, stride=4)}
 
 
-@pytest.mark.parametrize("expectation", [True, False])
-def test_roi_heads_inference_boxes_of_each_class(expectation):
-    """Through OffsetBinROIHeads' inference: the bin scores come from the layer's bias (weights 0),
-    the class scores make every class a detection; each class's box is its own bins' decoding."""
-    cfg = make_cfg(expectation)
-    cfg.MODEL.ROI_HEADS.NAME = "OffsetBinROIHeads"
+def small_roi_heads(cfg):
+    """The ROI heads of ``cfg`` on one feature map, ``SHAPES``' p2, with a small box head (2 x 2
+    ROIAlignV2 pooling, one FC of 8), seeded, in eval mode (also test_offset_bin_stages.py's)."""
     cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
     cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
     cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 8
     cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 2
     cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+    torch.manual_seed(0)
+    return build_roi_heads(cfg, SHAPES).eval()
+
+
+@pytest.mark.parametrize("expectation", [True, False])
+def test_roi_heads_inference_boxes_of_each_class(expectation):
+    """Through OffsetBinROIHeads' inference: the bin scores come from the layer's bias (weights 0),
+    the class scores make every class a detection; each class's box is its own bins' decoding."""
+    cfg = make_cfg(expectation)
+    cfg.MODEL.ROI_HEADS.NAME = "OffsetBinROIHeads"
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0  # keep all
-    torch.manual_seed(0)
-    heads = build_roi_heads(cfg, SHAPES).eval()
+    heads = small_roi_heads(cfg)
     predictor = heads.box_predictor
     assert predictor.expectation is expectation
     with torch.no_grad():

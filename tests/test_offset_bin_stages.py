@@ -13,11 +13,10 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.roi_heads import build_roi_heads
 
 from cli_runs import SMALL, detectron2_log
 from offset_bin import add_offset_bin_config
+from test_offset_bin_decoding import small_roi_heads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location(
@@ -67,7 +66,6 @@ def _iou(a, b):
 
 
 GT = _box(PROPOSAL, T_STAR)  # inside the 100 x 100 image: no clipping anywhere below
-SHAPES = {"p2": ShapeSpec(channels=8, stride=4)}
 
 
 def _heads(predictor: str, cls_agnostic: bool = False):
@@ -81,14 +79,7 @@ def _heads(predictor: str, cls_agnostic: bool = False):
     cfg.MODEL.OFFSET_BIN.NUM_BINS = 5
     cfg.MODEL.OFFSET_BIN.NUM_STAGES = 2
     cfg.MODEL.OFFSET_BIN.CLS_AGNOSTIC = cls_agnostic
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 8
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 2
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
-    torch.manual_seed(0)
-    return build_roi_heads(cfg, SHAPES).eval()
+    return small_roi_heads(cfg)
 
 
 def _hand_set_offset_bin_heads():
