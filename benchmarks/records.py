@@ -1,5 +1,6 @@
 """The suite's records: what a finished piece measured, in a committed file, so that the suite can
-be resumed from a fresh clone (the work dir with the checkpoints does not survive a session).
+be resumed from a fresh clone (the work dir with the checkpoints is not committed: it stays on the
+machine where it was written).
 
 Layout under ``benchmarks/results/runs/<suite>/`` (``--quick``: ``<work>/records/``):
 

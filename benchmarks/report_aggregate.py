@@ -66,7 +66,8 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
             extras[name] = {**_entry(suite.models[name].label, suite.models[name].config, [r]),
                             "why": why}
     lr_sweep = {"grid": list(sweep.grid), "seed": seeds[0], "families": {}}
-    # every record the report shows: its machines and dates (a suite runs over several sessions)
+    # every record the report shows: its machines and dates (a suite may run in several parts,
+    # on several machines)
     shown = [r for e in (*models.values(), *extras.values()) for r in e["runs"].values()]
     shown += [r for r in (planner.record(Run(m, seeds[0], lr)) for ms in sweep.baselines.values()
                           for m in ms for lr in sweep.grid) if r is not None]

@@ -156,8 +156,8 @@ def _long_lines(report: dict) -> list:
 
 
 def _dates(report: dict) -> str:
-    """The days the shown records were made (a suite runs over several sessions), and the
-    report's own day when it differs."""
+    """The days the shown records were made (a suite may run in several parts, on several
+    days), and the report's own day when it differs."""
     days = report.get("dates") or []
     if not days:
         return report["date"]

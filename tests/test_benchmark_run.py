@@ -410,7 +410,7 @@ def test_report_writes_the_records_report_and_runs_nothing(quick, tmp_path):
 
 
 def test_a_fresh_clone_resumes_from_the_records(quick, tmp_path):
-    """The work dir (checkpoints) is lost between sessions; the records are committed. From the
+    """The work dir (checkpoints) stays on its machine; the records are committed. From the
     records alone no training is repeated, except one that a speed piece needs the weights of."""
     tmp, _, _ = quick
     shutil.copytree(tmp / "work" / "records", tmp_path / "work" / "records")
@@ -579,7 +579,7 @@ def test_the_plan_follows_the_sweep(tmp_path):
 
 
 def test_other_seeds_come_pair_by_pair_cheapest_first(tmp_path):
-    """Seeds 2.. of a pair run together, so a session that stops mid-suite leaves whole pairs
+    """Seeds 2.. of a pair run together, so a run that stops mid-suite leaves whole pairs
     (every seeded member over every seed), the cheapest pair (its seeded models' estimated time
     per seed, from the records' s/iteration) first, whatever the order the suite lists them in."""
     models = {m: Model(m, "configs/baselines/faster_rcnn_smallR_FPN_shapes.yaml", m.title())
@@ -636,8 +636,8 @@ def test_a_rate_a_baseline_diverges_at_with_a_later_seed_is_out(tmp_path):
 
 
 def test_report_of_the_records_so_far(tmp_path):
-    """``run.py --report`` between sessions: the records' own suite command, the command that
-    wrote the text, and the pieces still missing."""
+    """``run.py --report`` between two parts of a suite: the records' own suite command, the
+    command that wrote the text, and the pieces still missing."""
     planner = _planner(tmp_path)
     # the sweep's later runs came from a second command
     for lr, ap, day, flags in ((0.02, 25.0, "2020-01-02", "--commit"),
