@@ -28,10 +28,14 @@ weights and the number of classes set in every head; the inputs are synthesized:
 boxes: triangles). A step is the forward and backward pass (the counter starts after one untimed
 step); inference is one image at a time, after one untimed image. The counts are exact, not
 timed, and do not depend on the machine; they can depend on the data through the number of
-detections (untrained models here).
+detections (untrained models here). They, and the file:line places of ``--where``, depend on the
+Detectron2 installed: the header names it (:func:`detectron2_description`).
 """
 import argparse
 import datetime
+import hashlib
+import importlib.util
+import json
 import linecache
 import os
 import platform
@@ -331,6 +335,47 @@ class _nothing:
         return False
 
 
+def sources_digest(root: str) -> str:
+    """The first 12 hex digits of the SHA-256 of every ``.py`` file under ``root``: its path
+    relative to ``root`` (with ``/``), a NUL byte, its bytes; in the sorted order of the paths."""
+    paths = sorted(os.path.relpath(os.path.join(d, name), root).replace(os.sep, "/")
+                   for d, _, names in os.walk(root) for name in names if name.endswith(".py"))
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.encode() + b"\0")
+        with open(os.path.join(root, path), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+def detectron2_description() -> str:
+    """The Detectron2 whose code is counted (its sync points and the file:line places are its
+    code's): its version, whether its ops ``detectron2._C`` are the compiled extension or
+    d2infra's PyTorch replacement, the commit pip installed it from if pip recorded one, and
+    :func:`sources_digest` of its package (Detectron2 main also calls itself 0.6)."""
+    from importlib import metadata
+
+    import detectron2
+
+    spec = importlib.util.find_spec("detectron2._C")
+    if spec is None or spec.origin is None:
+        ops = "no ops (no detectron2._C)"
+    elif spec.origin.endswith(".py"):
+        ops = "ops not compiled (detectron2._C is d2infra's PyTorch replacement)"
+    else:
+        ops = "ops compiled (detectron2._C is the C++ extension)"
+    parts = [f"Detectron2 {detectron2.__version__}", ops]
+    try:
+        url = json.loads(metadata.distribution("detectron2").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        url = {}
+    commit = url.get("vcs_info", {}).get("commit_id")
+    if commit:
+        parts.append(f"commit {commit[:12]}")
+    parts.append("sha256 of its .py files " + sources_digest(os.path.dirname(detectron2.__file__)))
+    return ", ".join(parts)
+
+
 def _short(config: str) -> str:
     return os.path.basename(config).replace("_smallR_FPN_shapes.yaml", "")
 
@@ -371,6 +416,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                 + list(argv or sys.argv[1:])) + "`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"(counts do not depend on the machine)  ",
+        f"Detectron2: {detectron2_description()} (the counts and the file:line places are of "
+        "this code)  ",
         f"Date: {datetime.date.today().isoformat()}",
         "",
         "What is counted, and how (on the CPU, as a GPU run would sync): see the docstring of "

@@ -8,7 +8,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
 
-from host_syncs import HostSyncCounter, mark_host, on_host  # noqa: E402
+from host_syncs import (  # noqa: E402
+    HostSyncCounter,
+    detectron2_description,
+    mark_host,
+    on_host,
+    sources_digest,
+)
 
 
 def test_reads_of_device_tensors_count_and_reads_on_the_host_do_not():
@@ -43,3 +49,29 @@ def test_to_cpu_downloads_only_where_the_line_names_the_cpu():
         down.numpy()
     assert not on_host(same) and on_host(down)
     assert counter.counts == {".to(cpu)": 1}
+
+
+def test_header_names_the_detectron2_and_whether_its_ops_are_compiled():
+    import detectron2
+    import detectron2._C as ops
+
+    text = detectron2_description()
+    assert text.startswith(f"Detectron2 {detectron2.__version__}, ")
+    compiled = ops.__file__.endswith((".so", ".pyd"))  # the v0.6 leg: d2infra's _C.py
+    assert ("ops compiled" in text) is compiled and ("ops not compiled" in text) is not compiled
+    assert text.endswith(" " + sources_digest(os.path.dirname(detectron2.__file__)))
+
+
+def test_sources_digest_by_hand(tmp_path):
+    """SHA-256 of each .py file's relative path, NUL, bytes, in sorted order; other files are not
+    read."""
+    import hashlib
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.py").write_bytes(b"x = 1\n")
+    (tmp_path / "c.py").write_bytes(b"c = 2\n")
+    (tmp_path / "b" / "x.pyc").write_bytes(b"ignored")
+    expected = hashlib.sha256(b"b/x.py\0x = 1\nc.py\0c = 2\n").hexdigest()[:12]
+    assert sources_digest(str(tmp_path)) == expected
+    (tmp_path / "b" / "x.py").write_bytes(b"x = 2\n")
+    assert sources_digest(str(tmp_path)) != expected
