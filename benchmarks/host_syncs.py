@@ -416,8 +416,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                                 + list(argv or sys.argv[1:])) + "`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"(counts do not depend on the machine)  ",
-        f"Detectron2: {detectron2_description()} (the counts and the file:line places are of "
-        "this code)  ",
+        f"{detectron2_description()}: the counts and the file:line places are of this code  ",
         f"Date: {datetime.date.today().isoformat()}",
         "",
         "What is counted, and how (on the CPU, as a GPU run would sync): see the docstring of "
