@@ -240,7 +240,7 @@ class Planner:
                 train(self.main_run(a.model, seeds[0], rates), f"ablation {a.name}")
                 pieces.append(Piece("ablation", f"ablation {a.name}", ablation=a,
                                     runs={a.model: self.main_run(a.model, seeds[0], rates)}))
-        # (3) the other seeds, pair by pair, so that one session's pieces finish whole verdicts
+        # (3) the other seeds, pair by pair, so that a run that stops has finished whole verdicts
         # (mean ± std of every seeded member) rather than one more seed of every pair; the
         # cheapest pair first (its seeded models' estimated time per seed). The estimate uses the
         # first seed's records only, so the order stays put as the other seeds' records come in.
@@ -331,8 +331,8 @@ class Planner:
         return "done" if ok else "todo"
 
     def _with_weight_trainings(self, pieces: List[Piece]) -> List[Piece]:
-        """A speed or ablation piece to do needs the trained weights of its runs, which do not
-        survive a session: a finished run whose weights are gone is trained again (same config,
+        """A speed or ablation piece to do needs the trained weights of its runs, which stay on
+        the machine that trained them: a finished run whose weights are gone is trained again (same config,
         into the work dir; its record stays) just before the piece."""
         out: List[Piece] = []
         queued = set()

@@ -1,10 +1,10 @@
 """Running: the suite's pieces one at a time, each in a child process (``run.py --child``), until
 none is left; each finished piece's record is written (and committed with ``--commit``) at once,
-so that a session that ends, or a fresh clone, resumes where the records stop.
+so that a run that stops, or a fresh clone, resumes where the records stop.
 
 A finished training whose config changed since (``stale``) is set aside, record and work dir, and
 trained again; ``--rerun MODEL ...`` does the same for models whose code changed. A finished run
-whose weights are gone (another session) is trained again into the work dir when a speed or
+whose weights are gone (another machine) is trained again into the work dir when a speed or
 ablation piece needs them; its record stays.
 """
 import json
@@ -191,7 +191,7 @@ def run_suite(args) -> str:
     waiting = [p for p in pieces if p.status != "done"]
     for p in waiting:
         print(f"  not run: {p.kind} {p.name}: {p.status}")
-    # the commands of the records (a suite runs over several sessions), and this one's
+    # the commands of the records (a suite may run in several parts), and this one's
     return write_report(planner, args, written_by=command)
 
 
