@@ -241,6 +241,13 @@ _EMBEDDED_MODELS = _models(
     Model("retinanet_bn_head", "configs/baselines/retinanet_smallR_FPN_shapes.yaml",
           "RetinaNet, BatchNorm per level in the head", opts=("MODEL.RETINANET.NORM", "BN"),
           family=SINGLE_STAGE, timed_like="retinanet"),
+    # The IoU-aware pair again on the baseline with the cause removed (pair retinanet_causes:
+    # a normalised head), both members alike.
+    Model("iou_aware_retinanet_bn_head",
+          "configs/iou_aware/iou_aware_retinanet_smallR_FPN_shapes.yaml",
+          "IoU-aware RetinaNet, alpha 0.5, BatchNorm per level in the head",
+          opts=("MODEL.RETINANET.NORM", "BN"), family=SINGLE_STAGE,
+          timed_like="iou_aware_retinanet"),
     Model("retinanet_clip35", "configs/baselines/retinanet_smallR_FPN_shapes.yaml",
           "RetinaNet, gradient norm clipped at 35",
           opts=("SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
@@ -314,6 +321,13 @@ _EMBEDDED_PAIRS = (
          "(a diagnosis, no paper) RetinaNet learns like FCOS once the cause is removed; a "
          "change that helps is then made to both members of the IoU-aware pair alike",
          metric="AP", timed=False),
+    Pair("retinanet_vs_iou_aware_bn_head",
+         "RetinaNet and IoU-aware RetinaNet, both with BatchNorm per level in the head",
+         ("retinanet_bn_head", "iou_aware_retinanet_bn_head"),
+         "the IoU branch raises AP by 1.2 and AP80 by 2.1 (alpha 0.5; IoU-aware Table 4, COCO "
+         "val), here on a RetinaNet whose head is normalised as FCOS's (pair retinanet_causes)",
+         metric="AP80", seeded=("retinanet_bn_head", "iou_aware_retinanet_bn_head"),
+         timed=False),
     Pair("fcos_vs_iou_aware", "FCOS and IoU-aware FCOS", ("fcos", "iou_aware_fcos"),
          "(the authors' code; no table in the paper) ranking by p^0.3 IoU^0.7 in place of "
          "FCOS's p * centerness raises AP", metric="AP",
