@@ -1,27 +1,32 @@
 """Mixed precision (``SOLVER.AMP.ENABLED``): every method trains and infers under autocast, and the
 heads' losses are float32 whatever the dtype of the predictions.
 
-CPU autocast (bfloat16) is not CUDA's (float16): CUDA's runs ``softmax``, ``log_softmax``,
-``softplus``, ``pow``, ``sum``, ... in float32 where the CPU's keeps bfloat16, and the CPU's
-promotes ``index_copy`` to the widest input dtype where CUDA's does not (PyTorch's "Autocast Op
-Reference").
-So a CPU test alone cannot see a CUDA-only failure. Two checks stand in for the GPU:
+CPU autocast (bfloat16) is not CUDA's (float16) (tests/amp_emulation.py). So a CPU test alone
+cannot see a CUDA-only failure. Three checks stand in for the GPU:
 
-- :class:`CudaAutocastRules` runs, inside CPU autocast, the ops of CUDA's float32 list in float32
-  and refuses what CUDA's autocast refuses (``index_copy`` of mixed dtypes, ``binary_cross_entropy``
-  of half inputs), so the models' steps below meet CUDA's dtypes;
+- :class:`amp_emulation.CudaAutocastRules` runs, inside CPU autocast, the ops of CUDA's float32
+  list in float32 and refuses what CUDA's autocast refuses (``index_copy`` of mixed dtypes,
+  ``binary_cross_entropy`` of half inputs), so the models' steps below meet CUDA's dtypes;
+- it also records which of this project's functions pass a half tensor to an op that neither
+  autocast casts (masked assignment / ``index_put_``, ``scatter*``, ``index_copy``, ``index_add``,
+  ``where``, ``cat``, ``stack``): every such function must be in :data:`HALF_SITES`, which names
+  the test that calls it with half inputs; every other call site of these ops met only float32 (or
+  integer) tensors in every embedded config's training step and inference;
 - the loss functions are called directly, outside autocast, with bfloat16/float16 predictions and
   float32 targets (and the other way round): their results must be float32 and equal the float32
   losses computed here with torch from the same (rounded) values.
 
-Models: each method's embedded config, one training step (finite float32 losses, finite
-gradients) and one inference pass compared with the float32 pass on the same weights. The weights
+Models: every embedded config (``configs/*/*_shapes.yaml``, ``configs/nuclei/*_nuclei.yaml``),
+one training step (finite float32 losses, finite gradients) and one inference pass compared with
+the float32 pass on the same weights. The weights
 of the classification layers are scaled so the classes are confident (largest logit 5 on the test
 image: data-dependent classes, scores not saturated), and each of the float32 pass's 3 best
 detections must be found in the bfloat16 pass with its class, overlapping it (IoU >= 0.5: a box
 NMS kept instead of it overlaps it that much) and with its score within 0.05 (bfloat16 keeps 8
 significant bits; these scores moved by at most 0.015 on these models, on both Detectron2s).
 """
+import copy
+import glob
 import os
 
 import pytest
@@ -33,8 +38,8 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
-from torch.overrides import TorchFunctionMode
 
+from amp_emulation import HALF, HALF_SITES, CudaAutocastRules, cuda_like_autocast
 from imbalance.losses import GHMCLoss, GHMRLoss, fast_rcnn_per_roi_losses
 from imbalance.modeling.weighted_fast_rcnn import (
     PISAFastRCNNOutputLayers,
@@ -42,69 +47,10 @@ from imbalance.modeling.weighted_fast_rcnn import (
 )
 from iou_aware.iou_branch import IoUConfidenceDecodingMixin, iou_branch_loss
 from offset_bin import OffsetBinOutputLayers
+from r3cnn.maskiou_head import MaskIoUHead
 from train_net import build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HALF = [torch.bfloat16, torch.float16]
-
-
-# ------------------------------------------------------------------------------------------------
-# CUDA's autocast rules, applied inside CPU autocast
-# ------------------------------------------------------------------------------------------------
-# PyTorch's "Autocast Op Reference", CUDA ops that autocast to float32 (Python-level names).
-CUDA_FLOAT32_OPS = {
-    "__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin",
-    "binary_cross_entropy_with_logits", "cosh", "cosine_embedding_loss", "cdist",
-    "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv", "exp", "expm1",
-    "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log", "log_softmax",
-    "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss", "multilabel_margin_loss",
-    "multi_margin_loss", "nll_loss", "norm", "normalize", "pdist", "poisson_nll_loss", "pow",
-    "prod", "reciprocal", "rsqrt", "sinh", "smooth_l1_loss", "soft_margin_loss", "softmax",
-    "softmin", "softplus", "sum", "renorm", "tan", "triplet_margin_loss",
-}
-
-
-def _float_dtypes(args, kwargs):
-    found = set()
-
-    def walk(a):
-        if isinstance(a, torch.Tensor):
-            if a.is_floating_point():
-                found.add(a.dtype)
-        elif isinstance(a, (list, tuple)):
-            for x in a:
-                walk(x)
-
-    walk(args)
-    walk(list(kwargs.values()))
-    return found
-
-
-def _to_float32(a):
-    if isinstance(a, torch.Tensor) and a.dtype in HALF:
-        return a.float()
-    if isinstance(a, (list, tuple)):
-        return type(a)(_to_float32(x) for x in a)
-    return a
-
-
-class CudaAutocastRules(TorchFunctionMode):
-    """Inside ``torch.autocast("cpu")``: CUDA's float32 ops get float32 inputs (so their outputs
-    have CUDA's dtype), and the calls CUDA's autocast would fail on raise."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if torch.is_autocast_enabled("cpu"):
-            dtypes = _float_dtypes(args, kwargs)
-            if name == "index_copy" and len(dtypes) > 1:
-                raise RuntimeError(f"CUDA autocast does not promote index_copy: {dtypes}")
-            if name == "binary_cross_entropy" and dtypes & set(HALF):
-                raise RuntimeError("binary_cross_entropy is banned under CUDA autocast")
-            if name in CUDA_FLOAT32_OPS and dtypes & set(HALF):
-                args, kwargs = _to_float32(tuple(args)), {k: _to_float32(v) for k, v in
-                                                          kwargs.items()}
-        return func(*args, **kwargs)
 
 
 def test_cuda_rules_catch_what_cpu_autocast_hides():
@@ -130,36 +76,38 @@ def test_cuda_rules_catch_what_cpu_autocast_hides():
 # ------------------------------------------------------------------------------------------------
 # Every method's embedded model under autocast
 # ------------------------------------------------------------------------------------------------
-METHODS = {
-    "mask_rcnn": "baselines/mask_rcnn_smallR_FPN_shapes.yaml",
-    "cascade_mask_rcnn": "baselines/cascade_mask_rcnn_smallR_FPN_shapes.yaml",
-    "r3cnn_naive": "r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml",
-    "r3cnn_L": "r3cnn/r3cnn_L_smallR_FPN_shapes.yaml",
-    "r3cnn_offset_bin": "r3cnn/r3cnn_offset_bin_smallR_FPN_shapes.yaml",
-    "iou_aware_retinanet": "iou_aware/iou_aware_retinanet_smallR_FPN_shapes.yaml",
-    "fcos": "iou_aware/fcos_smallR_FPN_shapes.yaml",
-    "iou_aware_fcos": "iou_aware/iou_aware_fcos_smallR_FPN_shapes.yaml",
-    "iou_aware_fcos_replace": "iou_aware/iou_aware_fcos_replace_smallR_FPN_shapes.yaml",
-    "retinanet_ghm": "samplers/retinanet_ghm_smallR_FPN_shapes.yaml",
-    "faster_rcnn_ohem": "samplers/faster_rcnn_ohem_smallR_FPN_shapes.yaml",
-    "faster_rcnn_ohem_mmdet": "samplers/faster_rcnn_ohem_mmdet_smallR_FPN_shapes.yaml",
-    "faster_rcnn_iou_balanced": "samplers/faster_rcnn_iou_balanced_smallR_FPN_shapes.yaml",
-    "faster_rcnn_pisa": "samplers/faster_rcnn_pisa_smallR_FPN_shapes.yaml",
-    "offset_bin_faster_rcnn": "offset_bin/offset_bin_faster_rcnn_smallR_FPN_shapes.yaml",
-    "offset_bin_cascade_rcnn": "offset_bin/offset_bin_cascade_rcnn_smallR_FPN_shapes.yaml",
-}
+EMBEDDED = sorted(
+    os.path.relpath(p, os.path.join(REPO, "configs"))
+    for p in glob.glob(os.path.join(REPO, "configs", "*", "*_shapes.yaml"))
+    + glob.glob(os.path.join(REPO, "configs", "nuclei", "*_nuclei.yaml"))
+    if not os.path.basename(p).startswith("Base-"))
+
+def num_classes(cfg) -> int:
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if "RCNN" in arch:
+        return cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    return cfg.MODEL.FCOS.NUM_CLASSES if "FCOS" in arch else cfg.MODEL.RETINANET.NUM_CLASSES
+
+
+def test_every_embedded_config_is_covered():
+    assert len(EMBEDDED) >= 40 and len({os.path.dirname(p) for p in EMBEDDED}) == 6
+    assert "nuclei/r3cnn_naive_smallR_FPN_nuclei.yaml" in EMBEDDED
+    assert "r3cnn/r3cnn_naive_flow_smallR_FPN_shapes.yaml" in EMBEDDED
+
+
 # 96: P6 of the dense heads is 2 x 2. At 64 it is 1 x 1, and PyTorch's CPU bfloat16 convolution
 # then gives P7's 3x3 stride-2 weight a non-finite gradient in some runs (a 1 x 1 input: 28 of 200
 # seeded runs of that conv alone, none at 2 x 2; not our code, and not CUDA's).
 SIZE = 96
 
 
-def training_batch():
-    """An image with two objects (masks: an L shape and a box) and an image without any."""
+def training_batch(classes: int = 6):
+    """An image with two objects (masks: an L shape and a box) and an image without any; the
+    objects' classes are 0 and 2 (0 and 0 with one class)."""
     g = torch.Generator().manual_seed(0)
     inst = Instances((SIZE, SIZE))
     inst.gt_boxes = Boxes(torch.tensor([[6.0, 8.0, 30.0, 34.0], [34.0, 20.0, 60.0, 58.0]]))
-    inst.gt_classes = torch.tensor([0, 2])
+    inst.gt_classes = torch.tensor([0, 2 if classes > 2 else 0])
     masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
     masks[0, 8:34, 6:14] = masks[0, 26:34, 6:30] = True
     masks[1, 20:58, 34:60] = True
@@ -192,7 +140,7 @@ def confident(model, batch, max_logit: float = 5.0):
     return layers
 
 
-@pytest.mark.parametrize("config", list(METHODS.values()), ids=list(METHODS))
+@pytest.mark.parametrize("config", EMBEDDED, ids=lambda p: os.path.basename(p)[:-5])
 def test_training_step_and_inference_under_autocast(config):
     cfg = build_cfg(os.path.join(REPO, "configs", config), [
         "MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
@@ -200,14 +148,17 @@ def test_training_step_and_inference_under_autocast(config):
         "TEST.DETECTIONS_PER_IMAGE", "100"])
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    for rules in (False, True):  # the CPU's autocast, then with CUDA's rules
+    batch = training_batch(num_classes(cfg))
+    sites = set()
+    for rules in (None, CudaAutocastRules()):  # the CPU's autocast, then with CUDA's rules
         model.zero_grad()
         with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
-            if rules:
-                with CudaAutocastRules():
-                    losses = model(training_batch())
+            if rules is not None:
+                with rules:
+                    losses = model(batch)
+                sites |= rules.half_sites()
             else:
-                losses = model(training_batch())
+                losses = model(batch)
         for name, loss in losses.items():
             assert loss.dtype == torch.float32 and torch.isfinite(loss), (rules, name, loss)
         sum(losses.values()).backward()
@@ -216,7 +167,7 @@ def test_training_step_and_inference_under_autocast(config):
         assert any(g.abs().sum() > 0 for g in grads), rules
 
     model.eval()
-    images = [{k: v for k, v in d.items() if k != "instances"} for d in training_batch()[:1]]
+    images = [{k: v for k, v in d.items() if k != "instances"} for d in batch[:1]]
     layers = confident(model, images)
     seen = []
     hook = layers[-1].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -224,10 +175,12 @@ def test_training_step_and_inference_under_autocast(config):
         ref = model(images)[0]["instances"]
         assert seen and set(seen) == {torch.float32}
         seen.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16), CudaAutocastRules():
+        with torch.autocast("cpu", dtype=torch.bfloat16), CudaAutocastRules() as rules:
             half = model(images)[0]["instances"]
         assert seen and set(seen) == {torch.bfloat16}  # the classifier ran in bfloat16
     hook.remove()
+    sites |= rules.half_sites()
+    assert sites <= set(HALF_SITES), sites - set(HALF_SITES)
     assert len(ref) >= 3
     for j in ref.scores.argsort(descending=True)[:3].tolist():
         iou = pairwise_iou(Boxes(ref.pred_boxes.tensor[j:j + 1]), half.pred_boxes)[0]
@@ -342,6 +295,16 @@ def test_offset_bin_losses_and_decoding_are_float32(score_dtype, bins_dtype):
     assert deltas.dtype == torch.float32
     expected = (bins32.view(3, NUM_CLASSES, 4, 5).softmax(-1) * REPRESENTATIVES).sum(-1)
     assert torch.allclose(deltas, expected.view(3, -1), atol=1e-6)
+    # Inference's masked assignment of the decoded boxes into the proposals' (float32) copy, from
+    # half bin scores and probabilities: float32 boxes, Eq. 10's deltas applied by Detectron2's
+    # Box2BoxTransform to every (RoI, class) above the score threshold (0: all of them).
+    proposals = rois().proposal_boxes.tensor
+    probs = F.softmax(scores32, dim=1).to(score_dtype)
+    assert layer.test_score_thresh < probs.float().min()
+    boxes = layer._decode_candidates(layer.bin_logits_view(preds[1]), probs, proposals)
+    assert boxes.dtype == torch.float32
+    reference = Box2BoxTransform(WEIGHTS).apply_deltas(expected.view(3, -1), proposals)
+    assert torch.allclose(boxes, reference, atol=1e-4)
 
 
 class _Detector(IoUConfidenceDecodingMixin):
@@ -398,3 +361,57 @@ def test_ghm_losses_are_float32(dtype):
     assert got.dtype == torch.float32
     d = pred.float() - target
     assert got.item() == pytest.approx(10.0 * ((d * d + 0.02 ** 2).sqrt() - 0.02).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_ghm_retinanet_losses_are_float32(dtype):
+    """The GHM RetinaNet's losses (GHM-C and GHM-R, momentum 0.75 and 0.7: the retinanet_ghm
+    config) from half logits and deltas, outside autocast: float32 losses, equal to its losses from
+    float64 copies of the same rounded values (that float64 path is checked against the authors'
+    per-element loops in tests/test_ghm.py)."""
+    config = os.path.join(REPO, "configs", "samplers", "retinanet_ghm_smallR_FPN_shapes.yaml")
+    cfg = build_cfg(config, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    K = model.num_classes
+    g = torch.Generator().manual_seed(3)
+    sizes = [6, 3]  # anchors of two FPN levels
+    anchors = []
+    for n in sizes:
+        xy = torch.rand(n, 2, generator=g) * 40
+        anchors.append(Boxes(torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 20], 1)))
+    labels = [torch.tensor([0, K, -1, 3, K, K, 1, K, K]),
+              torch.tensor([K, 2, K, K, -1, K, K, 5, K])]
+    gt_boxes = [torch.cat([a.tensor for a in anchors]) + torch.randn(9, 4, generator=g)
+                for _ in range(2)]
+    logits = [torch.randn(2, n, K, generator=g).to(dtype) for n in sizes]
+    deltas = [(torch.randn(2, n, 4, generator=g) * 0.3).to(dtype) for n in sizes]
+    with EventStorage():  # copies: the moving averages of GHM and of the normaliser change
+        half = copy.deepcopy(model).losses(anchors, logits, labels, deltas, gt_boxes)
+        ref = copy.deepcopy(model).losses(anchors, [x.double() for x in logits], labels,
+                                          [d.double() for d in deltas], gt_boxes)
+    for key in ("loss_cls", "loss_box_reg"):
+        assert half[key].dtype == torch.float32, key
+        assert half[key].item() == pytest.approx(ref[key].item(), rel=1e-5), key
+
+
+@pytest.mark.parametrize("features_dtype, logits_dtype", [
+    (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float32)])
+def test_maskiou_head_takes_mixed_dtypes(features_dtype, logits_dtype):
+    """The MaskIoU head concatenates the RoI features and the max-pooled mask probabilities (Sec.
+    4.3). ``cat`` promotes to the widest input under both autocasts (CPU's by its promote list,
+    CUDA's by cat's own type promotion), so CPU autocast shows CUDA's case here: with any mix of
+    bfloat16 and float32 inputs the head runs, in autocast's bfloat16 (its convolutions and linear
+    layer), and its output is the float32 output up to bfloat16's rounding."""
+    torch.manual_seed(0)
+    head = MaskIoUHead(8, 14, 3, num_conv=2, conv_dim=16, num_light_conv=1, light_kernel_size=3,
+                       nonlocal_kernel_size=3)
+    torch.nn.init.normal_(head.maskiou.weight, std=0.1)  # outputs of order 1, not 0.01
+    features, logits = torch.randn(4, 8, 14, 14), torch.randn(4, 28, 28)
+    with torch.no_grad():
+        ref = head(features, logits)
+        with cuda_like_autocast():
+            out = head(features.to(features_dtype), logits.to(logits_dtype))
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape == (4, 3)
+    assert torch.allclose(out.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
