@@ -102,3 +102,38 @@ def test_fallback_warning_opens_and_closes_the_log(no_cuda, datasets_dir, tmp_pa
         first = f.readline()
     assert " detectron2 WARNING: " + expected in first
     assert (out / "model_final.pth").is_file()
+
+
+@pytest.mark.parametrize("config", [SHAPES, NUCLEI])
+def test_embedded_config_with_amp_does_not_fall_back(no_cuda, config):
+    """Mixed precision needs CUDA (below): the fallback of an embedded config with
+    SOLVER.AMP.ENABLED True stops at config time, naming the key and both fixes."""
+    with pytest.raises(RuntimeError) as e:
+        train_net.build_cfg(config, ["SOLVER.AMP.ENABLED", "True"])
+    msg = str(e.value)
+    assert msg.startswith("SOLVER.AMP.ENABLED True needs CUDA (Detectron2's AMPTrainer runs CUDA "
+                          "autocast), but MODEL.DEVICE 'cuda' would fall back to the CPU: "
+                          "torch.cuda.is_available() is False (")
+    assert "Pass SOLVER.AMP.ENABLED False to train on the CPU" in msg
+    fix = ("install a CUDA build of torch" if torch.version.cuda is None
+           else f"install an NVIDIA driver that supports CUDA {torch.version.cuda}")
+    assert f"to train on the GPU with mixed precision, {fix}" in msg
+    assert device_fallback_warning() is None
+    # without AMP, the same config falls back
+    assert train_net.build_cfg(config, ["SOLVER.AMP.ENABLED", "False"]).MODEL.DEVICE == "cpu"
+
+
+def test_detectron2_amp_trainer_needs_cuda(no_cuda):
+    """Why the rule above: Detectron2's AMPTrainer (v0.6 and main) asserts CUDA at its first
+    step, whatever the model's device. If a Detectron2 ran it on the CPU, this test would fail and
+    the rule could become the CPU fallback with AMP."""
+    from detectron2.engine import AMPTrainer
+
+    class Model(torch.nn.Linear):
+        def forward(self, x):
+            return {"loss": super().forward(x).sum()}
+
+    model = Model(2, 1)
+    trainer = AMPTrainer(model, [torch.ones(1, 2)] * 2, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(AssertionError, match="CUDA is required for AMP training"):
+        trainer.run_step()

@@ -7,7 +7,9 @@ GPU, a CPU-only torch build, or a driver older than the CUDA that torch was buil
 - ``MODEL.ALLOW_CPU_FALLBACK: True`` (the embedded configs, ``configs/Base-Shapes-*.yaml``: sized
   to run anywhere): the config runs on the CPU, with a WARNING that names both devices.
   ``train_net.py`` logs it in the log's first lines and again at the end of training or evaluation
-  (:func:`device_fallback_warning`).
+  (:func:`device_fallback_warning`). Unless ``SOLVER.AMP.ENABLED`` is True: Detectron2's
+  ``AMPTrainer`` asserts that CUDA is available at its first step, so that is a ``RuntimeError``
+  naming ``SOLVER.AMP.ENABLED`` and the fix, at config time.
 - ``False`` (the default: the paper-scale COCO configs and any config of one's own): a
   ``RuntimeError`` naming the key, why CUDA is unavailable, and the fix. A COCO training must not
   run on the CPU unnoticed, nor ``--num-gpus 8`` start 8 CPU processes.
@@ -55,8 +57,9 @@ def resolve_device(cfg: CfgNode) -> Optional[str]:
         The text is also kept for :func:`device_fallback_warning`.
 
     Raises:
-        RuntimeError: ``MODEL.DEVICE`` is CUDA, CUDA is unavailable and the config does not allow
-            the CPU fallback.
+        RuntimeError: ``MODEL.DEVICE`` is CUDA, CUDA is unavailable, and the config does not allow
+            the CPU fallback or asks for mixed precision (``SOLVER.AMP.ENABLED``: Detectron2's
+            ``AMPTrainer`` needs CUDA).
     """
     global _fallback_warning
     _fallback_warning = None
@@ -64,16 +67,24 @@ def resolve_device(cfg: CfgNode) -> Optional[str]:
     if not device.startswith("cuda") or torch.cuda.is_available():
         return None
     reason = cuda_unavailable_reason()
+    if torch.version.cuda is None:
+        fix = "install a CUDA build of torch (constraints.txt pins the version)"
+    else:
+        fix = (f"install an NVIDIA driver that supports CUDA {torch.version.cuda}, or a torch "
+               "build for the CUDA version of the driver (nvidia-smi's header names it)")
     if not cfg.MODEL.ALLOW_CPU_FALLBACK:
-        if torch.version.cuda is None:
-            fix = "install a CUDA build of torch (constraints.txt pins the version)"
-        else:
-            fix = (f"install an NVIDIA driver that supports CUDA {torch.version.cuda}, or a torch "
-                   "build for the CUDA version of the driver (nvidia-smi's header names it)")
         raise RuntimeError(
             f"MODEL.DEVICE {device!r} but torch.cuda.is_available() is False ({reason}). To train "
             f"on the GPU, {fix}; or pass MODEL.DEVICE cpu to run this config on the CPU "
             "(MODEL.ALLOW_CPU_FALLBACK is False for it: it is not meant for a CPU).")
+    if cfg.SOLVER.AMP.ENABLED:
+        # Detectron2's AMPTrainer (v0.6 and main) asserts torch.cuda.is_available() in run_step:
+        # the fallback would fail at the first iteration, after the data and model were built.
+        raise RuntimeError(
+            f"SOLVER.AMP.ENABLED True needs CUDA (Detectron2's AMPTrainer runs CUDA autocast), but "
+            f"MODEL.DEVICE {device!r} would fall back to the CPU: torch.cuda.is_available() is "
+            f"False ({reason}). Pass SOLVER.AMP.ENABLED False to train on the CPU; or, to train "
+            f"on the GPU with mixed precision, {fix}.")
     cfg.MODEL.DEVICE = "cpu"
     _fallback_warning = (
         f"Running on device 'cpu', not MODEL.DEVICE {device!r}: torch.cuda.is_available() is "
