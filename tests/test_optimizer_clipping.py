@@ -63,3 +63,28 @@ def test_disabled_is_detectron2s_optimizer():
 def test_a_non_positive_limit_is_an_error():
     with pytest.raises(ValueError, match="CLIP_VALUE"):
         build_optimizer(_cfg(value=0.0), TwoParams())
+
+
+def test_amp_grad_scaler_clips_the_unscaled_gradients():
+    """Detectron2's AMPTrainer steps with ``grad_scaler.scale(losses).backward();
+    grad_scaler.step(optimizer)``. GradScaler.step unscales the gradients before it calls
+    ``optimizer.step``, inside which the clipping runs: the clipped step is the one without a
+    scaler. Clipping the scaled gradients (2^10 x (3, 4), norm 5120, to norm 1) and unscaling after
+    would move the weights by (0.6, 0.8) / 2^10 instead."""
+    try:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    except (AttributeError, RuntimeError, TypeError) as e:  # torch without a CPU GradScaler
+        pytest.skip(f"no torch.amp.GradScaler('cpu') in torch {torch.__version__}: {e}")
+    model = TwoParams()
+    opt = build_optimizer(_cfg(value=1.0), model)
+    loss = 3.0 * model.a.sum() + 4.0 * model.b.sum()  # gradients (3, 4): norm 5
+    with EventStorage(0) as storage:
+        scaler.scale(loss).backward()
+        assert model.a.grad.item() == 3.0 * 2 ** 10  # scaled by the backward
+        scaler.step(opt)
+        scaler.update()
+    assert storage.history("grad_norm").latest() == pytest.approx(5.0)  # the unscaled norm
+    assert storage.history("grad_clipped_steps").latest() == 1
+    plain_a, plain_b, _ = _step(_cfg(value=1.0), 3.0, 4.0)
+    assert (-model.a.item(), -model.b.item()) == pytest.approx((plain_a, plain_b), rel=1e-6)
+    assert (plain_a, plain_b) == pytest.approx((0.6, 0.8), rel=1e-5)
