@@ -5,8 +5,9 @@ CPU autocast (bfloat16) is not CUDA's (float16): CUDA's runs ``softmax``, ``log_
 ``softplus``, ``pow``, ``sum``, ... in float32 where the CPU's keeps bfloat16, and the CPU's
 promotes ``index_copy`` to the widest input dtype where CUDA's does not (PyTorch's "Autocast Op
 Reference"). :class:`CudaAutocastRules` runs, inside CPU autocast, the ops of CUDA's float32 list
-in float32 and refuses what CUDA's autocast refuses (``index_copy`` of mixed dtypes,
-``binary_cross_entropy`` of half inputs), so that a model's step meets CUDA's dtypes on the CPU.
+in float32, ``grid_sample`` in its widest input dtype (CPU autocast runs it in float32), and
+refuses what CUDA's autocast refuses (``index_copy`` of mixed dtypes, ``binary_cross_entropy`` of
+half inputs), so that a model's step meets CUDA's dtypes on the CPU.
 
 It also records the dtypes that reach the ops whose result, or failure, depends on the dtypes of
 their inputs and which autocast leaves alone (masked assignment / ``index_put_``, ``scatter*``,
@@ -14,6 +15,7 @@ their inputs and which autocast leaves alone (masked assignment / ``index_put_``
 code (``projects/``) calls them: :attr:`CudaAutocastRules.sites`.
 """
 import contextlib
+import functools
 import os
 import sys
 from typing import Dict, Iterator, Set
@@ -108,8 +110,9 @@ def _project_caller() -> str:
 
 
 class CudaAutocastRules(TorchFunctionMode):
-    """Inside ``torch.autocast("cpu")``: CUDA's float32 ops get float32 inputs (so their outputs
-    have CUDA's dtype), and the calls CUDA's autocast would fail on raise.
+    """Inside ``torch.autocast("cpu")``: CUDA's float32 ops get float32 inputs and ``grid_sample``
+    its widest input dtype (so their outputs have CUDA's dtype), and the calls CUDA's autocast
+    would fail on raise.
 
     ``sites`` maps each ``projects/`` function that called one of :data:`DTYPE_SITE_OPS` under
     autocast (``"imbalance/losses/fast_rcnn.py:fast_rcnn_per_roi_losses"``) to the floating dtypes
@@ -135,6 +138,12 @@ class CudaAutocastRules(TorchFunctionMode):
             if name in CUDA_FLOAT32_OPS and dtypes & set(HALF):
                 args, kwargs = _to_float32(tuple(args)), {k: _to_float32(v) for k, v in
                                                           kwargs.items()}
+            if name == "grid_sample":  # CPU autocast: float32; CUDA's: the widest input dtype
+                widest = functools.reduce(torch.promote_types, dtypes)
+                args = tuple(a.to(widest) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                             else a for a in args)
+                with torch.autocast("cpu", enabled=False):
+                    return func(*args, **kwargs)
         return func(*args, **kwargs)
 
     def half_sites(self) -> Set[str]:

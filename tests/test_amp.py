@@ -71,6 +71,13 @@ def test_cuda_rules_catch_what_cpu_autocast_hides():
         with CudaAutocastRules():  # and runs CUDA's float32 ops in float32
             assert F.softmax(F.linear(scores, torch.eye(3)), dim=1).dtype == torch.float32
         assert F.softmax(F.linear(scores, torch.eye(3)), dim=1).dtype == torch.bfloat16
+        # grid_sample (Detectron2's mask pasting): CUDA's promotes to the widest input, the CPU's
+        # runs it in float32
+        masks, grid = torch.rand(1, 1, 4, 4).bfloat16(), torch.zeros(1, 2, 2, 2).bfloat16()
+        assert F.grid_sample(masks, grid, align_corners=False).dtype == torch.float32
+        with CudaAutocastRules():
+            assert F.grid_sample(masks, grid, align_corners=False).dtype == torch.bfloat16
+            assert F.grid_sample(masks, grid.float(), align_corners=False).dtype == torch.float32
 
 
 # ------------------------------------------------------------------------------------------------
