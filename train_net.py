@@ -51,6 +51,10 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         # DefaultTrainer.__init__, except for the DDP wrapper: Detectron2's passes CUDA device_ids,
         # which DistributedDataParallel rejects for a CPU model.
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            # AMPTrainer asserts CUDA at its first step (v0.6 and main): say so before building
+            raise ValueError(f"SOLVER.AMP.ENABLED True needs CUDA (Detectron2's AMPTrainer), but "
+                             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False")
         TrainerBase.__init__(self)
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()

@@ -137,3 +137,11 @@ def test_detectron2_amp_trainer_needs_cuda(no_cuda):
     trainer = AMPTrainer(model, [torch.ones(1, 2)] * 2, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(AssertionError, match="CUDA is required for AMP training"):
         trainer.run_step()
+
+
+def test_mixed_precision_on_the_cpu_stops_before_the_model_is_built():
+    """``MODEL.DEVICE cpu`` asked for explicitly with ``SOLVER.AMP.ENABLED True``: Detectron2's
+    AMPTrainer would assert CUDA at the first step; train_net's Trainer refuses it at once."""
+    cfg = train_net.build_cfg(SHAPES, ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True"])
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.ENABLED True needs CUDA .* 'cpu'"):
+        train_net.Trainer(cfg)
