@@ -48,6 +48,7 @@ from imbalance.modeling.weighted_fast_rcnn import (
 from iou_aware.iou_branch import IoUConfidenceDecodingMixin, iou_branch_loss
 from offset_bin import OffsetBinOutputLayers
 from r3cnn.maskiou_head import MaskIoUHead
+from test_ghm import two_level_anchor_labels
 from train_net import build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -381,16 +382,7 @@ def test_ghm_retinanet_losses_are_float32(dtype):
     torch.manual_seed(0)
     model = build_model(cfg)
     K = model.num_classes
-    g = torch.Generator().manual_seed(3)
-    sizes = [6, 3]  # anchors of two FPN levels
-    anchors = []
-    for n in sizes:
-        xy = torch.rand(n, 2, generator=g) * 40
-        anchors.append(Boxes(torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 20], 1)))
-    labels = [torch.tensor([0, K, -1, 3, K, K, 1, K, K]),
-              torch.tensor([K, 2, K, K, -1, K, K, 5, K])]
-    gt_boxes = [torch.cat([a.tensor for a in anchors]) + torch.randn(9, 4, generator=g)
-                for _ in range(2)]
+    g, sizes, anchors, labels, gt_boxes = two_level_anchor_labels(K)
     logits = [torch.randn(2, n, K, generator=g).to(dtype) for n in sizes]
     deltas = [(torch.randn(2, n, 4, generator=g) * 0.3).to(dtype) for n in sizes]
     with EventStorage():  # copies: the moving averages of GHM and of the normaliser change

@@ -237,6 +237,22 @@ def reference_ghm(levels, bins, momentum, edges_last):
     return total
 
 
+def two_level_anchor_labels(K: int):
+    """Hand-set inputs of a dense head's ``losses`` for 2 images: anchors on two FPN levels (6
+    and 3), their labels (classes, background ``K``, ignored -1) and ground-truth boxes, with the
+    seeded generator that made them (to draw the predictions next)."""
+    g = torch.Generator().manual_seed(3)
+    sizes = [6, 3]  # anchors of two FPN levels
+    anchors = []
+    for n in sizes:
+        xy = torch.rand(n, 2, generator=g) * 40
+        anchors.append(Boxes(torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 20], 1)))
+    labels = [torch.tensor([0, K, -1, 3, K, K, 1, K, K]), torch.tensor([K, 2, K, K, -1, K, K, 5, K])]
+    gt_boxes = [torch.cat(list(a.tensor for a in anchors)) + torch.randn(9, 4, generator=g)
+                for _ in range(2)]
+    return g, sizes, anchors, labels, gt_boxes
+
+
 @pytest.mark.parametrize("per_level", [False, True, None])
 def test_imbalance_retinanet_ghm_losses_per_level_option(per_level):
     # None: the default, the authors' per-level counting
@@ -248,15 +264,7 @@ def test_imbalance_retinanet_ghm_losses_per_level_option(per_level):
     torch.manual_seed(0)
     model = build_model(cfg)
     K = model.num_classes
-    g = torch.Generator().manual_seed(3)
-    sizes = [6, 3]  # anchors of two FPN levels
-    anchors = []
-    for n in sizes:
-        xy = torch.rand(n, 2, generator=g) * 40
-        anchors.append(Boxes(torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 20], 1)))
-    labels = [torch.tensor([0, K, -1, 3, K, K, 1, K, K]), torch.tensor([K, 2, K, K, -1, K, K, 5, K])]
-    gt_boxes = [torch.cat(list(a.tensor for a in anchors)) + torch.randn(9, 4, generator=g)
-                for _ in range(2)]
+    g, sizes, anchors, labels, gt_boxes = two_level_anchor_labels(K)
     logits = [torch.randn(2, n, K, generator=g, dtype=torch.float64) for n in sizes]
     deltas = [torch.randn(2, n, 4, generator=g, dtype=torch.float64) * 0.3 for n in sizes]
     with EventStorage():
