@@ -332,8 +332,8 @@ class Planner:
 
     def _with_weight_trainings(self, pieces: List[Piece]) -> List[Piece]:
         """A speed or ablation piece to do needs the trained weights of its runs, which stay on
-        the machine that trained them: a finished run whose weights are gone is trained again (same config,
-        into the work dir; its record stays) just before the piece."""
+        the machine that trained them: a finished run whose weights are gone is trained again
+        (same config, into the work dir; its record stays) just before the piece."""
         out: List[Piece] = []
         queued = set()
         for piece in pieces:

@@ -3,7 +3,7 @@ commit) goes to ``result.json`` in its OUTPUT_DIR when it is done.
 
 Both members of a pair see the same batches: the sampler order comes from ``SEED`` and the loader
 workers' augmentation seeds from a generator seeded with ``SEED``; each run stores a digest of the
-image ids and boxes it was fed. A run resumed from a checkpoint (a run that stopped) is fed the same
+image ids and boxes it was fed. A run resumed from a checkpoint (it had stopped) is fed the same
 batches as an uninterrupted one: Detectron2's resume restarts the loader's stream from its start,
 so the batches already trained on are drawn again and skipped first (their digest included).
 A run with ``TEST.EVAL_PERIOD`` (a learning curve) records every periodic evaluation's metrics
