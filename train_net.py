@@ -214,6 +214,11 @@ def log_device_fallback() -> None:
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    build_cfg(args.config_file, args.opts)  # a bad config or device stops here, before any process
+    cfg = build_cfg(args.config_file, args.opts)  # a bad config or device stops here
+    if args.num_gpus * args.num_machines > 1:
+        # setup() checks the data on rank 0 only, which stops no other rank (or machine): each
+        # machine checks its own disk before its processes start
+        register_coco_format_datasets(cfg)
+        check_datasets(cfg, training=not args.eval_only)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

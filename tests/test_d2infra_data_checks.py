@@ -15,7 +15,7 @@ import pytest
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 import train_net
-from cli_runs import train_net_main
+from cli_runs import run_script, train_net_main
 from d2infra.data import checks, register_coco_format_datasets
 from d2infra.data.checks import DataCheckError, check_datasets, summarize_coco_json
 
@@ -267,6 +267,23 @@ def test_train_net_stops_before_the_model_is_built(write_dataset, datasets_dir, 
     assert "2 problems" in msg and "MODEL.ROI_HEADS.NUM_CLASSES = 6" in msg
     assert "set MODEL.MASK_ON False" in msg
     assert not os.path.exists(tmp_path / "out" / "metrics.json")
+
+
+def test_several_processes_stop_before_they_are_launched(write_dataset, datasets_dir, tmp_path):
+    """With --num-gpus 2 the data is checked before launch(): setup()'s check runs on rank 0
+    only, and would stop no other rank (or machine)."""
+    name, json_file, root = write_dataset(box_only_coco())
+    proc = run_script(datasets_dir, "train_net.py", "--num-gpus", "2", "--config-file", R3CNN,
+                      "DATASETS.COCO_FORMAT.NAMES", f"['{name}']",
+                      "DATASETS.COCO_FORMAT.JSON_FILES", f"['{json_file}']",
+                      "DATASETS.COCO_FORMAT.IMAGE_ROOTS", f"['{root}']",
+                      "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
+                      "MODEL.MASK_ON", "False", "OUTPUT_DIR", str(tmp_path / "out"),
+                      check=False)
+    assert proc.returncode != 0
+    assert "DataCheckError" in proc.stderr and "MODEL.ROI_HEADS.NUM_CLASSES = 6" in proc.stderr
+    assert "Rank of current process" not in proc.stdout + proc.stderr  # no process launched
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_datasets_without_a_json_on_disk_are_left_to_detectron2(write_dataset):
