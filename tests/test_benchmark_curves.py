@@ -132,7 +132,12 @@ def test_the_embedded_suite_has_the_curves_of_every_pair_asked():
     assert groups["curve_mask_rcnn_vs_r3cnn"][0] == "mask_rcnn"
     assert set(groups["curve_mask_rcnn_vs_r3cnn"]) == {
         "mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive", "r3cnn_naive_dec"}
-    assert groups["curve_retinanet_vs_iou_aware"] == ("retinanet", "iou_aware_retinanet")
+    # the RetinaNet pair on its normalised head (pair retinanet_causes), both members alike
+    assert groups["curve_retinanet_vs_iou_aware"] == ("retinanet_bn_head",
+                                                      "iou_aware_retinanet_bn_head")
+    for m in groups["curve_retinanet_vs_iou_aware"]:
+        opts = suite.models[m].opts
+        assert dict(zip(opts[::2], opts[1::2]))["MODEL.RETINANET.NORM"] == "BN"
     assert groups["curve_faster_vs_offset_bin"] == (
         "faster_rcnn", "offset_bin_K1", "offset_bin_K2", "sampler_pisa")
     assert groups["curve_nuclei"][0] == "nuclei_mask_rcnn"
