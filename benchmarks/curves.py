@@ -14,7 +14,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["MIN_GAIN", "CURVE_METRICS", "plateau_iteration", "plateau_factor", "plot_curves",
-           "curves_markdown", "evaluation_missing"]
+           "curves_markdown", "evaluation_missing", "stop_reason"]
 
 MIN_GAIN = 1.0
 CURVE_METRICS = ("AP", "AP75", "AP90")
@@ -52,6 +52,26 @@ def plateau_factor(points: Sequence[dict], period: int, max_factor: int,
         return None, f"the curve stops at {it} iterations without flattening"
     return factor, (f"not flattened by {it} iterations (every evaluation gained {min_gain:g} or "
                     "more): its last one")
+
+
+def stop_reason(points: Sequence[dict], stop: Optional[dict]) -> Optional[str]:
+    """Why a learning-curve run stops after its latest evaluation, or None to train on. The
+    curve's stopping rule ("train up to 6x, or until the baseline's box AP gains less than 1.0
+    over its last two evaluations"): ``stop`` {"rule": "plateau", "min_gain": g} for the group's
+    baseline (its own curve has flattened, :func:`plateau_iteration`), {"at": N} for the other
+    members once the baseline's plateau is known (they stop at the same iteration N), None for a
+    run that trains its whole schedule."""
+    if not stop or not points:
+        return None
+    last = max(p["iteration"] for p in points)
+    if stop.get("at") is not None and last >= stop["at"]:
+        return f"the group's baseline flattened at iteration {stop['at']}"
+    if stop.get("rule") == "plateau":
+        it, flat = plateau_iteration(points, stop.get("min_gain", MIN_GAIN))
+        if flat:
+            return (f"its box AP gained less than {stop.get('min_gain', MIN_GAIN):g} over its "
+                    f"last two evaluations at iteration {it}")
+    return None
 
 
 def evaluation_missing(points: Sequence[dict], start_iter: int, period: int,

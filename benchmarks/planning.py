@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from glob import glob
 from typing import Dict, List, Optional, Tuple
 
-from curves import plateau_factor
+from curves import MIN_GAIN, plateau_factor, plateau_iteration
 from lr_sweep import choose_rate, own_best_rate
 from records import REPO, config_changes, config_dict, read_json, read_json_or_none
 from suites import Ablation, Pair, Suite
@@ -297,6 +297,23 @@ class Planner:
         period = points[0]["iteration"]  # the first evaluation is at 1x the schedule
         return plateau_factor(points, period, self.suite.curve_factor)
 
+    def curve_stop(self, run: Run) -> Optional[dict]:
+        """The stopping rule of a learning-curve run (``curves.stop_reason``; the first seed at
+        ``curve_factor``): a group's baseline stops once its curve has flattened; the other
+        members stop at the iteration where their baseline's did, once it has (until then, and
+        for any other run: None, the whole schedule)."""
+        if (not self.suite.curves or run.factor != self.suite.curve_factor
+                or run.seed != self.seeds[0]):
+            return None
+        groups = [c for c in self.suite.curves if run.model in c.models]
+        if any(c.models[0] == run.model for c in groups):
+            return {"rule": "plateau", "min_gain": MIN_GAIN}
+        for c in groups:
+            it, flat = plateau_iteration(self.curve(c.models[0]) or [])
+            if flat:
+                return {"at": it}
+        return None
+
     # -- status ----------------------------------------------------------------------------------
     def _status(self, piece: Piece) -> str:
         if piece.kind == "train":
@@ -386,9 +403,14 @@ class Planner:
         t = timings.get(m.name) or timings.get(m.timed_like)
         iters = (3 if self.quick else (self.max_iter or self.suite.max_iter or 1500)
                  * piece.run.factor)
-        # a learning curve evaluates once per 1x of its schedule: that many times the overhead
+        # a learning curve evaluates once per 1x of its schedule: that many times the overhead;
+        # a member of a group whose baseline has flattened stops where the baseline did
         evals = piece.run.factor if self.suite.curves and piece.run.factor == \
             self.suite.curve_factor else 1
+        stop_at = (self.curve_stop(piece.run) or {}).get("at")
+        if stop_at and not self.quick:
+            evals = max(1, round(evals * stop_at / iters))
+            iters = stop_at
         if t is None:
             return iters * _GUESS_S_PER_ITER[m.family] + evals * _GUESS_OVERHEAD_S, False
         return iters * t[0] + evals * t[1], True

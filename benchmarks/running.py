@@ -90,7 +90,8 @@ def _train(planner: Planner, piece: Piece, command: str) -> List[str]:
         _run_child("train", {"run": run.name, "suite": planner.suite.name, "why": piece.why,
                              "model": run.model, "seed": run.seed, "lr": run.lr,
                              "factor": run.factor, "config": m.config, "opts": opts,
-                             "output_dir": out, "suite_command": command})
+                             "output_dir": out, "suite_command": command,
+                             "stop": planner.curve_stop(run)})
     result = read_json(result_file)
     if piece.why.startswith("weights for"):
         old = planner.record(run)["metrics"]["AP"]
@@ -253,7 +254,9 @@ def write_curves(planner: Planner, args, written_by: str,
             f"Each model is trained once (seed {planner.seeds[0]}) at {planner.suite.curve_factor}x "
             "the schedule, LR steps scaled, and evaluated every 1x. Plateau rule (on the "
             f"baseline, the first model of a group): the first evaluation that gains less than "
-            f"{MIN_GAIN:g} box AP over its last two evaluations (`benchmarks/curves.py`).", "",
+            f"{MIN_GAIN:g} box AP over its last two evaluations (`benchmarks/curves.py`). A curve "
+            "stops there: the baseline once it has flattened, the other members of its group at "
+            "the same iteration.", "",
             curves_markdown(rows)]
     os.makedirs(os.path.dirname(out_md), exist_ok=True)
     with open(out_md, "w") as f:

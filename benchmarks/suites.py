@@ -388,6 +388,8 @@ _EMBEDDED_ABLATIONS = (
 # iterations, LR steps at 6600 and 8100), evaluated every 1500 iterations. The baseline's curve
 # gives the plateau schedule (curves.py: the first evaluation that gains less than 1.0 box AP over
 # its last two evaluations); the seeded models are then trained with seeds 1-3 at that schedule.
+# A curve stops there: the baseline once it has flattened, the other members at the same
+# iteration (curves.stop_reason).
 # The headline group first: its plateau decides the seeded trainings.
 _EMBEDDED_CURVES = (
     Curve("curve_mask_rcnn_vs_r3cnn", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN",

@@ -8,7 +8,9 @@ batches as an uninterrupted one: Detectron2's resume restarts the loader's strea
 so the batches already trained on are drawn again and skipped first (their digest included).
 A run with ``TEST.EVAL_PERIOD`` (a learning curve) records every periodic evaluation's metrics
 in ``curve.json`` as it happens, so that a resumed run keeps the points before its interruption;
-the record's ``curve`` lists them in order.
+the record's ``curve`` lists them in order. It stops early by the curve's rule (``spec["stop"]``,
+``curves.stop_reason``): its record's ``stopped`` says where and why, and its metrics are those of
+its last evaluation.
 Peak memory is the peak resident set size of this process
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; data-loader workers not included).
 """
@@ -25,13 +27,18 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from coco_ap import METRICS, metrics_from_results
-from curves import evaluation_missing
+from curves import evaluation_missing, stop_reason
 from records import (REPO, config_dict, config_digest, git_head, machine_description,
                      read_json, write_json)
 
 __all__ = ["child_train", "setup_cfg", "count_params", "check_resumable", "train_command"]
 
 _FIRST_HANDLERS: Dict[str, list] = {}
+
+
+class CurveStop(Exception):
+    """Raised after an evaluation of a learning curve that ends it (``curves.stop_reason``): the
+    one way out of Detectron2's training loop before MAX_ITER; not an error."""
 
 
 def setup_cfg(config: str, opts: List[str]):
@@ -128,6 +135,7 @@ def child_train(spec: dict) -> None:
     class BenchmarkTrainer(Trainer):
         digest_loader: Optional[DigestLoader] = None
         curve: List[dict] = []
+        stop: Optional[dict] = spec.get("stop")
 
         @classmethod
         def test(cls, cfg, model, evaluators=None):
@@ -145,6 +153,9 @@ def child_train(spec: dict) -> None:
                 cls.curve = [p for p in cls.curve if p["iteration"] != point["iteration"]]
                 cls.curve.append(point)
                 write_json(curve_file, cls.curve)
+                reason = stop_reason(cls.curve, cls.stop)
+                if reason:
+                    raise CurveStop(f"learning curve stopped at iteration {it}: {reason}")
             return results
 
         @classmethod
@@ -166,14 +177,22 @@ def child_train(spec: dict) -> None:
     start_iter = trainer.start_iter
     if os.path.isfile(curve_file):  # the points evaluated before an interruption
         BenchmarkTrainer.curve = [p for p in read_json(curve_file) if p["iteration"] <= start_iter]
-    if evaluation_missing(BenchmarkTrainer.curve, start_iter, cfg.TEST.EVAL_PERIOD,
-                          cfg.SOLVER.MAX_ITER):
+    stopped = None
+    reason = stop_reason(BenchmarkTrainer.curve, BenchmarkTrainer.stop)
+    if reason:  # killed after the evaluation that ended it, before its record was written
+        stopped = {"iteration": BenchmarkTrainer.curve[-1]["iteration"],
+                   "why": f"learning curve stopped: {reason}"}
+    elif evaluation_missing(BenchmarkTrainer.curve, start_iter, cfg.TEST.EVAL_PERIOD,
+                            cfg.SOLVER.MAX_ITER):
         # stopped during the evaluation at start_iter (its checkpoint came first): do it now
         from detectron2.utils.events import EventStorage
 
-        with EventStorage(start_iter - 1):
-            BenchmarkTrainer.test(cfg, trainer.model)
-    if start_iter > 0:
+        try:
+            with EventStorage(start_iter - 1):
+                BenchmarkTrainer.test(cfg, trainer.model)
+        except CurveStop as e:
+            stopped = {"iteration": start_iter, "why": str(e)}
+    if start_iter > 0 and stopped is None:
         # Fast-forward the stream past the start_iter batches the checkpoint has trained on: the
         # same sampler indices and augmentation draws (the loader's workers take turns in a fixed
         # order, each seeded from SEED). Killed during the final evaluation, the run loads all
@@ -186,7 +205,10 @@ def child_train(spec: dict) -> None:
     t0 = time.perf_counter()
     diverged = None
     try:
-        trainer.train()
+        if stopped is None:
+            trainer.train()
+    except CurveStop as e:
+        stopped = {"iteration": BenchmarkTrainer.curve[-1]["iteration"], "why": str(e)}
     except FloatingPointError as e:
         # Detectron2's check for Inf/NaN losses or boxes. A rerun with the same seed diverges
         # again, so this is the run's result: recorded, and the suite goes on.
@@ -208,7 +230,10 @@ def child_train(spec: dict) -> None:
         "train_dataset": list(cfg.DATASETS.TRAIN), "test_dataset": list(cfg.DATASETS.TEST),
         "resumed_from_iter": start_iter,
         "diverged": diverged,
+        "stopped": stopped,
         "metrics": ({k: None for k in METRICS} if diverged else
+                    {k: v for k, v in BenchmarkTrainer.curve[-1].items() if k != "iteration"}
+                    if stopped else
                     metrics_from_results(
                         trainer._last_eval_results,  # set by the EvalHook at the last iteration
                         cfg.OUTPUT_DIR, cfg.DATASETS.TEST[0], cfg.TEST.DETECTIONS_PER_IMAGE)),

@@ -1,7 +1,9 @@
 """benchmarks/curves.py and the suite's learning-curve phase: the plateau rule on hand-made
-curves, the curve runs' schedule and periodic evaluation, the seeded runs at the baseline's
-plateau, and the plots and tables written from hand-made records."""
+curves, the curve runs' schedule, periodic evaluation and early stop, the seeded runs at the
+baseline's plateau, and the plots and tables written from hand-made records."""
+import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -10,8 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from coco_ap import METRICS  # noqa: E402
-from curves import evaluation_missing, plateau_factor, plateau_iteration  # noqa: E402
-from planning import Planner, Run  # noqa: E402
+from curves import evaluation_missing, plateau_factor, plateau_iteration, stop_reason  # noqa: E402
+from planning import QUICK_OPTS, Planner, Run  # noqa: E402
 from records import write_json  # noqa: E402
 from suites import Curve, LRSweep, Model, Pair, Suite, get_suite  # noqa: E402
 
@@ -59,6 +61,60 @@ def test_a_run_stopped_during_an_evaluation_evaluates_when_resumed():
     assert not evaluation_missing([], 0, 1500, 9000)
     assert not evaluation_missing(pts, 9000, 1500, 9000)  # the final one: EvalHook.after_train
     assert not evaluation_missing([], 3000, 0, 9000)
+
+
+def test_a_curve_stops_by_the_rule():
+    rising = _points([10.0, 20.0, 25.0, 31.0])
+    flat = _points([10.0, 20.0, 25.0, 25.5])  # 25.5 - 20.0 = 5.5 over two: not yet
+    # the baseline: once its own curve has flattened (25.7 - 25.0 = 0.7 < 1.0 at 7500)
+    base_rule = {"rule": "plateau", "min_gain": 1.0}
+    assert stop_reason(flat, base_rule) is None
+    assert "at iteration 7500" in stop_reason(_points([10.0, 20.0, 25.0, 25.5, 25.7]), base_rule)
+    assert stop_reason(rising, base_rule) is None
+    # a member: at its baseline's plateau iteration, whatever its own curve does
+    assert stop_reason(rising[:3], {"at": 6000}) is None
+    assert "6000" in stop_reason(rising, {"at": 6000})
+    assert stop_reason(rising, None) is None and stop_reason([], base_rule) is None
+
+
+def test_which_curve_runs_stop_early(tmp_path):
+    planner = _planner(tmp_path)
+    for lr, ap in zip(GRID, (20.0, 30.0, 25.0)):
+        _record(planner, Run("base", 1, lr), ap)
+    assert planner.curve_stop(Run("base", 1, 0.01, 6)) == {"rule": "plateau", "min_gain": 1.0}
+    # the member trains its whole schedule until the baseline's curve has flattened
+    assert planner.curve_stop(Run("other", 1, 0.01, 6)) is None
+    # the baseline flattened at 6000: 38.6 - 38.0 = 0.6 over two evaluations (38.5 - 30.0 = 8.5
+    # at 4500 was not)
+    _record(planner, Run("base", 1, 0.01, 6), 38.6, _points([30.0, 38.0, 38.5, 38.6]))
+    assert planner.curve_stop(Run("other", 1, 0.01, 6)) == {"at": 6000}
+    # other seeds, the plateau schedule and the 1x runs train their whole schedule
+    assert planner.curve_stop(Run("other", 2, 0.01, 6)) is None
+    assert planner.curve_stop(Run("other", 1, 0.01, 3)) is None
+    assert planner.curve_stop(Run("other", 1, 0.01)) is None
+
+
+def test_a_training_stopped_by_the_rule_records_its_last_evaluation(tmp_path):
+    """A real (few-iteration) training child evaluated every iteration, with a plateau rule that
+    any curve meets at its third evaluation (a gain under 1000 AP): it stops there, out of
+    Detectron2's loop, and its record holds that evaluation's metrics."""
+    opts = QUICK_OPTS + ["SOLVER.MAX_ITER", "5", "TEST.EVAL_PERIOD", "1",
+                         "SOLVER.BASE_LR", "0.01", "SEED", "1"]
+    out = tmp_path / "curve"
+    spec = {"run": "r", "suite": "t", "why": "test", "model": "fcos", "seed": 1, "lr": 0.01,
+            "factor": 6, "config": "configs/iou_aware/fcos_smallR_FPN_shapes.yaml", "opts": opts,
+            "suite_command": "cmd", "output_dir": str(out),
+            "stop": {"rule": "plateau", "min_gain": 1000.0}}
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--child", "train",
+                           json.dumps(spec)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert [p["iteration"] for p in result["curve"]] == [1, 2, 3]
+    assert result["stopped"]["iteration"] == 3 and "1000" in result["stopped"]["why"]
+    last = {k: v for k, v in result["curve"][-1].items() if k != "iteration"}
+    assert result["metrics"] == last and result["max_iter"] == 5
+    assert not (out / "model_final.pth").exists()  # iterations 4 and 5 never ran
 
 
 def _planner(tmp_path) -> Planner:
