@@ -7,21 +7,26 @@ Order: (1) the LR sweep of each family's baselines; then, for the families whose
 seeded models with the other seeds, pair by pair, the cheapest pair first; (4) the long-schedule
 check; (5) a member that diverged at its family's rate, at the other rates of the grid (its own
 best one is an extra row); (6) the learning curves, group by group, each to the suite's
-``curve_factor`` times the schedule; (7) once a group's baseline curve is in, the group's seeded
-models with every seed at its plateau schedule (``curves.plateau_factor``).
+``curve_factor`` times the schedule; (7) once a group's baseline curve is in, at its plateau
+schedule (``curves.plateau_factor``): every member of the group with the first seed, the group's
+seeded models with the other seeds, and the other members with the other seeds too when their
+verdict there differs from their verdict at the schedule (``Planner.plateau_seeded``; with the
+baseline's other seeds then, if it is not seeded). That is decided once the first seed of the
+member and of the baseline are in at the plateau; until then those seeds are planned "waiting".
 """
 import os
 import statistics
 from dataclasses import dataclass, field
 from glob import glob
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from curves import MIN_GAIN, plateau_factor, plateau_iteration
 from lr_sweep import choose_rate, own_best_rate
 from records import REPO, config_changes, config_dict, read_json, read_json_or_none
-from suites import Ablation, Pair, Suite
+from seed_noise import first_std, judge, mean_std
+from suites import Ablation, Curve, Pair, Suite
 
-__all__ = ["Run", "Piece", "Planner", "QUICK_OPTS", "schedule_opts", "format_duration"]
+__all__ = ["Run", "Piece", "Stats", "Planner", "QUICK_OPTS", "schedule_opts", "format_duration"]
 
 # --quick: a few iterations on the mini splits, so the whole pipeline runs in CI.
 QUICK_OPTS = [
@@ -72,12 +77,31 @@ class Piece:
                 f"ablation-{self.ablation.name}")
 
 
+class Stats(NamedTuple):
+    """One metric of a model over its recorded seeds (``seed_noise.mean_std``); ``diverged``: a
+    seed diverged; ``max_iter``: the first record's iterations."""
+
+    mean: Optional[float]
+    std: Optional[float]
+    seeds: List[int]
+    diverged: bool
+    max_iter: Optional[int]
+
+
 def schedule_opts(max_iter: int, base_iter: int = 1500, base_steps=(1100, 1350),
                   warmup: Optional[int] = None) -> List[str]:
     """The configs' schedule (``base_iter``, LR steps ``base_steps``) scaled to ``max_iter``."""
     steps = tuple(round(max_iter * s / base_iter) for s in base_steps)
     return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps),
             "SOLVER.WARMUP_ITERS", str(min(100, max_iter // 10) if warmup is None else warmup)]
+
+
+def _category(a: Optional[Stats], b: Optional[Stats], ref_std: Optional[float]) -> Optional[str]:
+    """``seed_noise.judge``'s category of ``a`` against ``b``; None: a side diverged or lacks the
+    metric."""
+    if a is None or b is None or a.diverged or b.diverged or a.mean is None or b.mean is None:
+        return None
+    return judge(a.mean - b.mean, a.std, b.std, ref_std).category
 
 
 def format_duration(s: float) -> str:
@@ -262,22 +286,34 @@ class Planner:
         for m in self.diverged_members(rates):
             for lr in sweep.grid:
                 train(Run(m, seeds[0], lr), "own rate (diverged at its family's)")
-        # (6) the learning curves; (7) each group's seeded models at its baseline's plateau
+        # (6) the learning curves; (7) each group at its baseline's plateau (plateau_seeded)
         for c in suite.curves:
             for m in c.models:
                 run = self.main_run(m, seeds[0], rates)
                 train(Run(m, seeds[0], run.lr, suite.curve_factor), f"learning curve {c.name}")
+        waiting: Dict[str, str] = {}  # run name -> its status while its seeds are undecided
         for c in suite.curves:
             factor = self.plateau(c)[0]
             if factor is None:
                 continue
-            for seed in seeds:
-                for m in c.seeded:
-                    run = self.main_run(m, seed, rates)
-                    train(Run(m, seed, run.lr, factor),
-                          f"seed {seed} at the plateau ({factor}x) of {c.name}")
+            why = f"at the plateau ({factor}x) of {c.name}"
+            for m in c.models:
+                train(Run(m, seeds[0], self.main_run(m, seeds[0], rates).lr, factor),
+                      f"seed {seeds[0]} {why}")
+            more, undecided = self.plateau_seeded(c, factor, rates)
+            for seed in seeds[1:]:
+                for m, because in more + undecided:
+                    run = Run(m, seed, self.main_run(m, seed, rates).lr, factor)
+                    train(run, f"seed {seed} {why}" + (f": {because}" if because else ""))
+                    if (m, because) in undecided:
+                        waiting[run.name] = (
+                            f"waiting (seed {seeds[0]} of it and of {c.models[0]} at the plateau "
+                            "decide: more seeds only if a verdict there differs from the "
+                            "schedule's)")
         for piece in pieces:
             piece.status = self._status(piece)
+            if piece.status == "todo" and piece.kind == "train" and piece.name in waiting:
+                piece.status = waiting[piece.name]
         return self._with_weight_trainings(pieces)
 
     def curve(self, model: str) -> Optional[List[dict]]:
@@ -296,6 +332,109 @@ class Planner:
             return None, f"waiting for {curve.models[0]}'s learning curve"
         period = points[0]["iteration"]  # the first evaluation is at 1x the schedule
         return plateau_factor(points, period, self.suite.curve_factor)
+
+    # -- the verdicts at the plateau ----------------------------------------------------------
+    def stats(self, model: str, seeds: Sequence[int], lr: Optional[float], factor: int = 1,
+              metric: str = "AP") -> Optional[Stats]:
+        """``metric`` of ``model`` at ``lr`` and ``factor`` times the schedule over the seeds of
+        ``seeds`` recorded; None until the first of them is."""
+        if lr is None or self.record(Run(model, seeds[0], lr, factor)) is None:
+            return None
+        recs = [r for r in (self.record(Run(model, s, lr, factor)) for s in seeds) if r]
+        mean, std = mean_std([r["metrics"].get(metric) for r in recs if not r.get("diverged")])
+        return Stats(mean, std, [r["seed"] for r in recs], any(r.get("diverged") for r in recs),
+                     recs[0].get("max_iter"))
+
+    def member_verdict(self, curve: Curve, model: str, factor: int,
+                       seeds: Optional[Sequence[int]] = None, rates=None) -> Optional[dict]:
+        """A curve member against the group's baseline, on the metric of its pair
+        (``Suite.member_pair``; box AP without one), by the noise rule (``seed_noise.judge``):
+        {"pair", "metric", "short", "plateau", "d", "ref_std", "ref_source"}: the category
+        ("gain", "loss", "none"; None: a side diverged or lacks the metric) at the schedule
+        (every seed recorded) and at the plateau ``factor`` (the ``seeds`` recorded there, all
+        by default), the plateau's difference and the std standing in for a side with one seed.
+        None until the first seed of the member and of the baseline are recorded at both.
+
+        At the schedule the noise is the Results' (the baseline's seed std stands in for a
+        single-seed side, else the pair's ``noise_from`` model's). At the plateau a side with one
+        seed is judged by the first std known of: the baseline's seeds there, the member's
+        there, the baseline's at the schedule, the ``noise_from`` model's at the schedule (the
+        last two stand in for the noise at the plateau, not measured for single-seed models)."""
+        rates = rates or self.rates()
+        base, pair = curve.models[0], self.suite.member_pair(curve, model)
+        k, lr = (pair.metric if pair else "AP"), self.main_run(base, self.seeds[0], rates).lr
+        short = [self.stats(m, self.seeds, lr, 1, k) for m in (model, base)]
+        at = [self.stats(m, seeds or self.seeds, lr, factor, k) for m in (model, base)]
+        if None in short + at:
+            return None
+        short_ref = first_std((short[1].std, ""), *self._noise_from(pair, k, lr))[0]
+        plateau_ref = first_std((at[0].std, f"its {len(at[0].seeds)} seeds"),
+                                *self.plateau_noise(curve, k, factor, seeds, rates, model))
+        d = None if at[0].mean is None or at[1].mean is None else at[0].mean - at[1].mean
+        return {"pair": pair.name if pair else None, "metric": k,
+                "short": _category(short[0], short[1], short_ref),
+                "plateau": _category(at[0], at[1], plateau_ref[0]),
+                "d": d, "ref_std": plateau_ref[0], "ref_source": plateau_ref[1]}
+
+    def plateau_noise(self, curve: Curve, metric: str, factor: int,
+                      seeds: Optional[Sequence[int]] = None, rates=None,
+                      model: Optional[str] = None) -> List[Tuple[Optional[float], str]]:
+        """(std, where it comes from) for a single-seed side at the plateau on ``metric``, in
+        order (``seed_noise.first_std`` takes the first known): the group baseline's seeds at
+        the plateau, its seeds at the schedule, the ``noise_from`` model's at the schedule (of
+        the pair of ``model``, ``Suite.member_pair``); the last two stand in for the noise at the
+        plateau."""
+        rates = rates or self.rates()
+        base = curve.models[0]
+        lr = self.main_run(base, self.seeds[0], rates).lr
+        at = self.stats(base, seeds or self.seeds, lr, factor, metric)
+        short = self.stats(base, self.seeds, lr, 1, metric)
+        iters = f"at {short.max_iter if short else '?'} iterations (a stand-in)"
+        pair = self.suite.member_pair(curve, model) if model else None
+        return [(at and at.std, f"the baseline's {len(at.seeds) if at else 0} seeds"),
+                (short and short.std, f"the baseline's {len(short.seeds) if short else 0} seeds "
+                                      f"{iters}")] + [
+            (std, f"{src} {iters}") for std, src in self._noise_from(pair, metric, lr)]
+
+    def _noise_from(self, pair: Optional[Pair], metric: str,
+                    lr: Optional[float]) -> List[Tuple[Optional[float], str]]:
+        """[(the std of ``pair``'s ``noise_from`` model at the schedule, "<its label>'s n
+        seeds")], or [] without one."""
+        if pair is None or not pair.noise_from:
+            return []
+        st = self.stats(pair.noise_from, self.seeds, lr, 1, metric)
+        return [(st and st.std, f"{self._label(pair.noise_from)}'s {len(st.seeds) if st else 0} "
+                                "seeds")]
+
+    def _label(self, model: str) -> str:
+        m = self.suite.models.get(model)  # a noise_from model may be out of a selection
+        return m.label if m else model
+
+    def plateau_seeded(self, curve: Curve, factor: int,
+                       rates=None) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+        """The members of ``curve`` trained with every seed at its plateau ``factor``, each with
+        why ("" for the group's seeded models), and those still undecided: a member that is not
+        seeded gets every seed when its verdict at the plateau (first seed, against the
+        baseline's: ``member_verdict``) differs from its verdict at the schedule, and the
+        baseline then too; undecided while that first seed of it or of the baseline is missing.
+        A side that diverged has no verdict: no more seeds for it."""
+        base, seeded = curve.models[0], list(curve.seeded)
+        flips, undecided = [], []
+        for m in curve.models[1:]:
+            if m in seeded:
+                continue
+            v = self.member_verdict(curve, m, factor, self.seeds[:1], rates)
+            if v is None:
+                undecided.append((m, "if its verdict there differs"))
+            elif v["short"] and v["plateau"] and v["short"] != v["plateau"]:
+                flips.append((m, f"its verdict there differs ({v['short']} at the schedule, "
+                                 f"{v['plateau']} there)"))
+        more = [(m, "") for m in seeded]
+        if base not in seeded and flips:
+            more.insert(0, (base, "a member's verdict there differs"))
+        elif base not in seeded and undecided:
+            undecided.insert(0, (base, "if a member's verdict there differs"))
+        return more + flips, undecided
 
     def curve_stop(self, run: Run) -> Optional[dict]:
         """The stopping rule of a learning-curve run (``curves.stop_reason``; the first seed at

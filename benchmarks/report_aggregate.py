@@ -1,15 +1,18 @@
 """Reporting: the suite's report (``benchmarks/results/<suite>-<date>.json``) from the committed
 records: the LR sweep and the chosen rates, every model over its seeds (mean ± std), the extra
-rows of diverged members at their own rate, the pairs with their speed, the long-schedule check
-and the ablations. Models or pairs not trained yet are left out (a partial report says so)."""
+rows of diverged members at their own rate, the pairs with their speed, the long-schedule check,
+the ablations, and each learning-curve group at its plateau schedule (its members' verdicts there
+and at the schedule, the paper's claims stated on them). Models or pairs not trained yet are left
+out (a partial report says so)."""
 import datetime
 import os
-import statistics
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from coco_ap import METRICS
 from planning import Planner, Run
 from records import machine_description, read_json_or_none
+from seed_noise import first_std, judge, mean_std
+from suites import Claim, Curve
 
 __all__ = ["aggregate"]
 
@@ -22,25 +25,83 @@ _RUN_FIELDS = ("run", "model", "seed", "lr", "factor", "command", "suite_command
                "config_digest", "resumed_from_iter")
 
 
-def _mean_std(values: List[Optional[float]]):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
 def _entry(label: str, config: str, records: List[dict]) -> dict:
     """One table row: the runs of a model (one per seed), mean and std of each metric."""
     runs = {str(r["seed"]): {k: r.get(k) for k in _RUN_FIELDS} for r in records}
     entry = {"label": label, "config": config, "runs": runs, "seeds": [r["seed"] for r in records],
              "lr": records[0]["lr"], "mean": {}, "std": {}}
     for k in METRICS:
-        entry["mean"][k], entry["std"][k] = _mean_std([r["metrics"].get(k) for r in records])
+        entry["mean"][k], entry["std"][k] = mean_std([r["metrics"].get(k) for r in records])
     for k in ("params_total", "params_head", "head_module", "max_iter", "ims_per_batch"):
         entry[k] = records[0][k]
     entry["peak_rss_mb"] = max(r["peak_rss_mb"] for r in records)
     entry["diverged"] = {str(r["seed"]): r["diverged"] for r in records if r.get("diverged")}
     return entry
+
+
+def _plateau_member(planner: Planner, c: Curve, m: str, factor: int, more: set,
+                    undecided: set, rates) -> Tuple[dict, List[dict]]:
+    """A curve member at the plateau: its entry over the seeds recorded there (None: none yet),
+    its verdicts at the schedule and there (``Planner.member_verdict``), the seeds planned
+    there and not recorded yet; and the records shown."""
+    seeds = planner.seeds
+    lr = planner.main_run(m, seeds[0], rates).lr
+    recs = [r for r in (planner.record(Run(m, s, lr, factor)) for s in seeds) if r]
+    label = planner.suite.models[m].label
+    v = (planner.member_verdict(c, m, factor, rates=rates) if m != c.models[0] else None) or {}
+    planned = seeds if m in more else seeds[:1]
+    return {"model": m, "label": label, "baseline": m == c.models[0],
+            "entry": _entry(label, planner.suite.models[m].config, recs) if recs else None,
+            "pair": v.get("pair"), "metric": v.get("metric"), "short": v.get("short"),
+            "plateau": v.get("plateau"), "ref_std": v.get("ref_std"),
+            "ref_source": v.get("ref_source"),
+            "differs": bool(v.get("short") and v.get("plateau")
+                            and v["short"] != v["plateau"]),
+            "seeds_missing": [s for s in planned if s not in {r["seed"] for r in recs}],
+            "undecided": m in undecided}, recs
+
+
+def _claim(planner: Planner, c: Curve, x: Claim, factor: int, rates) -> dict:
+    """A paper's claim on the plateau's box AP: the difference, the noise rule's category
+    (a single-seed side judged by the other side's seeds, else its own, else
+    ``Planner.plateau_noise``) and whether the claim holds (``Claim.holds``); d None while a
+    side is missing or diverged."""
+    lr = planner.main_run(c.models[0], planner.seeds[0], rates).lr
+    a, b = (planner.stats(m, planner.seeds, lr, factor) for m in (x.model, x.other))
+    out = {"text": x.text, "kind": x.kind, "model": x.model, "other": x.other,
+           "margin": x.margin, "metric": "AP", "d": None, "category": None, "holds": None,
+           "ref_std": None, "ref_source": ""}
+    if not a or not b or a.diverged or b.diverged or a.mean is None or b.mean is None:
+        return out
+    ref_std, source = first_std(
+        (b.std, f"{planner.suite.models[x.other].label}'s {len(b.seeds)} seeds"),
+        (a.std, f"its {len(a.seeds)} seeds"),
+        *planner.plateau_noise(c, "AP", factor, rates=rates, model=x.model))
+    d = a.mean - b.mean
+    category = judge(d, a.std, b.std, ref_std).category
+    return {**out, "d": d, "category": category, "holds": x.holds(d, category),
+            "ref_std": ref_std, "ref_source": source}
+
+
+def _plateau(planner: Planner, rates) -> Tuple[List[dict], List[dict]]:
+    """The curve groups whose plateau is known, each at its plateau schedule; the records
+    shown."""
+    groups, shown = [], []
+    for c in planner.suite.curves:
+        factor, why = planner.plateau(c)
+        if factor is None:
+            continue
+        more, undecided = planner.plateau_seeded(c, factor, rates)
+        members = []
+        for m in c.models:
+            member, recs = _plateau_member(planner, c, m, factor, {x for x, _ in more},
+                                           {x for x, _ in undecided}, rates)
+            members.append(member)
+            shown += recs
+        groups.append({"name": c.name, "title": c.title, "baseline": c.models[0],
+                       "factor": factor, "why": why, "members": members,
+                       "claims": [_claim(planner, c, x, factor, rates) for x in c.claims]})
+    return groups, shown
 
 
 def aggregate(planner: Planner, command: Optional[str], quick: bool,
@@ -119,6 +180,8 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
             shown += rows
             ablations.append({"name": ab.name, "title": ab.title, "model": ab.model, "key": ab.key,
                               "rows": rows})
+    plateau, plateau_records = _plateau(planner, rates)
+    shown += plateau_records
     first = next(iter(models.values()), None)
     run0 = (next(iter(first["runs"].values())) if first else  # else a run of the sweep
             planner.record(Run(next(iter(sweep.baselines.values()))[0], seeds[0], sweep.grid[0]))
@@ -153,5 +216,5 @@ def aggregate(planner: Planner, command: Optional[str], quick: bool,
                  "(DATALOADER.NUM_WORKERS 0 for training steps, inference batch 1)",
         "lr_sweep": lr_sweep, "models": models, "extras": extras, "pairs": pairs,
         "long_schedule": {"factor": suite.long_factor, "rows": long_rows},
-        "ablations": ablations,
+        "ablations": ablations, "plateau": plateau,
     }

@@ -1,10 +1,10 @@
 """Reporting: the "Results" section (Markdown) of docs/RESULTS.md from a report of ``report_aggregate``,
 with one verdict sentence per pair under the suite's noise rule, and its placement between the file's
 markers."""
-import math
 from typing import Optional, Tuple
 
 from coco_ap import METRICS
+from seed_noise import GAIN, LOSS, NONE, judge
 
 __all__ = ["RESULTS_BEGIN", "RESULTS_END", "render_markdown", "replace_results_section"]
 
@@ -15,10 +15,15 @@ def _cell(mean, std=None, digits=1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
+# the noise rule's categories (seed_noise.judge) as the sentences say them, both sides seeded
+_WORDS = {GAIN: "a real gain", LOSS: "a real loss", NONE: "within seed noise"}
+
+
 def _difference(e: dict, base: dict, k: str, ref_std: Optional[float], ref_label: str,
                 label: str) -> str:
-    """``label`` with the difference of ``e`` to ``base`` on ``k`` and what the noise rule makes
-    of it (``ref_std``: the seed std standing in when ``base`` has one seed)."""
+    """``label`` with the difference of ``e`` to ``base`` on ``k`` and what the noise rule
+    (``seed_noise.judge``) makes of it (``ref_std``: the seed std standing in when one side has
+    one seed)."""
     mean, std = e["mean"][k], e["std"][k]
     b_mean, b_std = base["mean"][k], base["std"][k]
     if e.get("diverged") or base.get("diverged"):
@@ -30,15 +35,12 @@ def _difference(e: dict, base: dict, k: str, ref_std: Optional[float], ref_label
     if mean is None or b_mean is None:
         return f"{label}: no {k}"
     d = mean - b_mean
-    if std is not None and b_std is not None:
-        noise = math.sqrt(std ** 2 + b_std ** 2)
-        what = ("a real gain" if d > 2 * noise else "a real loss" if d < -2 * noise
-                else "within seed noise")
-        return f"{label} {d:+.1f} {k} ({what}, {len(e['seeds'])} seeds)"
-    if ref_std is not None or std is not None:
-        noise = math.sqrt(2) * (ref_std if ref_std is not None else std)
+    j = judge(d, std, b_std, ref_std)
+    if j.both_seeded:
+        return f"{label} {d:+.1f} {k} ({_WORDS[j.category]}, {len(e['seeds'])} seeds)"
+    if j.noise is not None:
         source = ref_label if ref_std is not None else f"its {len(e['seeds'])} seeds"
-        what = "beyond" if abs(d) > 2 * noise else "within"
+        what = "within" if j.category == NONE else "beyond"
         return f"{label} {d:+.1f} {k} (one seed; {what} twice the noise {source} show)"
     return f"{label} {d:+.1f} {k} (one seed: not separable from noise)"
 
@@ -141,8 +143,9 @@ def _long_lines(report: dict) -> list:
                      f"{_cell(r['long'].get('mask_AP'))} | {_cell(short.get('AP'))} |")
         if short.get("AP") is not None:
             d, std = r["long"]["AP"] - short["AP"], e["std"]["AP"]
-            noise = (f"{'beyond' if abs(d) > 2 * math.sqrt(2) * std else 'within'} twice the "
-                     f"seed noise" if std is not None else "one seed: noise unknown")
+            noise = ("one seed: noise unknown" if std is None else
+                     f"{'within' if judge(d, None, None, std).category == NONE else 'beyond'} "
+                     "twice the seed noise")
             parts.append(f"{r['label']} {d:+.1f} AP ({noise})")
     if len(long["rows"]) == 2 and not any(r["diverged"] for r in long["rows"]):
         a, b = long["rows"]
@@ -152,6 +155,80 @@ def _long_lines(report: dict) -> list:
         same = short_order == (a["long"]["AP"] < b["long"]["AP"])
         parts.append(f"the order of the two {'holds' if same else 'changes'}")
     lines += ["", f"From the suite's schedule to {long['factor']}x: " + "; ".join(parts) + ".", ""]
+    return lines
+
+
+def _plateau_row(member: dict) -> str:
+    e = member["entry"]
+    if e is None:
+        return f"| {member['label']} | not trained yet |" + " - |" * (len(METRICS) + 2)
+    label = member["label"] + "".join(f" (seed {sd} diverged at iteration {d['iteration']})"
+                                      for sd, d in e.get("diverged", {}).items())
+    verdicts = ("baseline | baseline" if member["baseline"] else
+                f"{member['short'] or '-'} | {member['plateau'] or '-'}"
+                + (" (differs)" if member["differs"] else ""))
+    return (f"| {label} | {', '.join(map(str, e['seeds']))} | "
+            + " | ".join(_cell(e["mean"][k], e["std"][k]) for k in METRICS) + f" | {verdicts} |")
+
+
+def _plateau_sentence(group: dict) -> str:
+    """Each member against the baseline at the plateau, on its pair's metric, by the noise rule
+    (``_difference``: its std standing in for a single-seed side is named)."""
+    by = {m["model"]: m for m in group["members"]}
+    base = by[group["baseline"]]
+    parts = [_difference(m["entry"], base["entry"], m["metric"], m["ref_std"], m["ref_source"],
+                         m["label"])
+             for m in group["members"] if not m["baseline"] and m["entry"] and base["entry"]
+             and m["metric"]]
+    return (f"Here, against {base['label']}: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _claim_line(claim: dict, group: dict) -> str:
+    by = {m["model"]: m for m in group["members"]}
+    e, o = by[claim["model"]], by[claim["other"]]
+    if claim["d"] is None:
+        return f"- Paper: {claim['text']}. At the plateau: not trained yet (or diverged)."
+    text = _difference(e["entry"], o["entry"], "AP", claim["ref_std"], claim["ref_source"],
+                       f"{e['label']} against {o['label']}")
+    if claim["kind"] == "within":
+        text += (f"; |d| {abs(claim['d']):.1f} {'<=' if claim['holds'] else '>'} "
+                 f"{claim['margin']:g}")
+    return (f"- Paper: {claim['text']}. At the plateau: {text}: "
+            f"{'holds' if claim['holds'] else 'does not hold'}.")
+
+
+def _plateau_lines(report: dict) -> list:
+    """The primary results: each curve group at its plateau schedule, its verdicts, the seeds
+    still to train and the paper's claims."""
+    lines = ["### At the plateau (primary)", "",
+             "Each learning-curve group at its plateau schedule (the baseline's curve, "
+             "`benchmarks/curves.py`): every member with the first seed; the seeded models, and a "
+             "member whose verdict there differs from its verdict at the schedule (with the "
+             "baseline), with every seed (mean ± std). Verdicts on the metric of the member's "
+             "pair, by the Results' noise rule; a single-seed side is held against the std named "
+             "(a baseline's seeds at the schedule stand in for the noise at the plateau).", ""]
+    iters = " or ".join(map(str, report["schedule"]["max_iter"]))
+    for g in report["plateau"]:
+        base = next(m for m in g["members"] if m["baseline"])["entry"]
+        where = (f", {base['max_iter']} iterations, BASE_LR {base['lr']:g}" if base else "")
+        lines += [f"#### {g['title']}: {g['factor']}x the schedule{where}", "",
+                  f"Plateau: {g['why']}.", "",
+                  "| model | seeds | AP | AP50 | AP75 | AP60 | AP70 | AP80 | AP90 | mask AP | "
+                  f"verdict at {iters} iterations | verdict at the plateau |", "|" + "---|" * 12]
+        lines += [_plateau_row(m) for m in g["members"]] + [""]
+        sentence = _plateau_sentence(g)
+        lines += [sentence, ""] if sentence else []
+        todo = [f"{m['label']} seed{'s' if len(m['seeds_missing']) > 1 else ''} "
+                f"{', '.join(map(str, m['seeds_missing']))}"
+                for m in g["members"] if m["seeds_missing"]]
+        waiting = [m["label"] for m in g["members"] if m["undecided"]]
+        if todo or waiting:
+            lines += ["Still to train: " + ("; ".join(todo) or "none decided yet")
+                      + (f"; more seeds of {', '.join(waiting)} if a verdict at the plateau "
+                         "differs from the schedule's" if waiting else "") + ".", ""]
+        if g["claims"]:
+            lines += ["The paper's claims, on these numbers (box AP):", ""]
+            lines += [_claim_line(x, g) for x in g["claims"]] + [""]
     return lines
 
 
@@ -166,9 +243,10 @@ def _dates(report: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    """The "Results" section of docs/RESULTS.md: command, machine, date, the LR sweep, one table
-    and sentence per pair (extra rows for diverged members at their own rate), the schedule check,
-    the ablations."""
+    """The "Results" section of docs/RESULTS.md: command, machine, date, the curve groups at
+    their plateau (primary, when the report has any), the LR sweep, one table and sentence per
+    pair (extra rows for diverged members at their own rate; the short-budget comparison when
+    there are plateau results), the schedule check, the ablations."""
     s = report["schedule"]
     data = "; ".join(f"trained on {', '.join(d['train'])}, evaluated on {', '.join(d['test'])}"
                      for d in s["datasets"])
@@ -196,7 +274,14 @@ def render_markdown(report: dict) -> str:
                   "(listed in the report's json, `missing`).", ""]
     if report.get("note"):
         lines += [report["note"], ""]
+    plateau = bool(report.get("plateau"))
+    lines += _plateau_lines(report) if plateau else []
     lines += _sweep_lines(report)
+    if plateau:
+        lines += [f"### Short-budget comparison: {' or '.join(map(str, s['max_iter']))} "
+                  "iterations", "",
+                  "The configs' schedule, short of convergence (the learning curves above): "
+                  "the comparison at a short budget.", ""]
     for pair in report["pairs"]:
         lines += [f"### {pair['title']}{' (headline)' if pair['headline'] else ''}, "
                   f"{pair['max_iter']} iterations, BASE_LR {pair['lr']:g}", "", _HEAD,

@@ -14,7 +14,8 @@ members of a pair are of one family, so they share the rate and the schedule.
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
-__all__ = ["Model", "Pair", "Ablation", "LRSweep", "Curve", "Suite", "SUITES", "get_suite"]
+__all__ = ["Model", "Pair", "Ablation", "LRSweep", "Claim", "Curve", "Suite", "SUITES",
+           "get_suite"]
 
 TWO_STAGE, SINGLE_STAGE = "two_stage", "single_stage"
 
@@ -84,18 +85,44 @@ class LRSweep:
     baselines: Dict[str, Tuple[str, ...]]  # family -> its baselines
 
 
+CLAIM_KINDS = ("beats", "close", "within")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim on two members of a curve group, stated at the plateau on box AP by the
+    noise rule (``seed_noise.judge``): ``kind`` "beats" (``model`` a real gain over ``other``),
+    "close" (no real loss: within the seed noise, or ahead) or "within" (|difference| <=
+    ``margin`` AP). ``text``: the paper's words."""
+
+    text: str
+    model: str
+    other: str
+    kind: str
+    margin: float = 0.0
+
+    def holds(self, d: float, category: str) -> bool:
+        """Whether the claim holds for a difference ``d`` (``model`` minus ``other``) that the
+        noise rule calls ``category`` ("gain", "loss" or "none")."""
+        return {"beats": category == "gain", "close": category != "loss",
+                "within": abs(d) <= self.margin}[self.kind]
+
+
 @dataclass(frozen=True)
 class Curve:
     """A learning curve: ``models`` (``models[0]`` the baseline) trained once, first seed, at the
     suite's ``curve_factor`` times the schedule (the LR steps scaled), evaluated every
     ``curve_eval_period`` iterations on the test set. The baseline's curve decides the plateau
-    schedule (``curves.plateau_factor``); ``seeded`` models are trained at that schedule with
-    every seed."""
+    schedule (``curves.plateau_factor``); every member is trained there with the first seed,
+    ``seeded`` models with every seed, and the others with every seed too when their verdict
+    there differs from the one at the schedule (``planning.Planner.plateau_seeded``).
+    ``claims``: the paper's claims stated on the plateau's numbers."""
 
     name: str
     title: str
     models: Tuple[str, ...]
     seeded: Tuple[str, ...] = ()
+    claims: Tuple[Claim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,16 @@ class Suite:
     curves: Tuple[Curve, ...] = ()
     curve_factor: int = 6
     curve_eval_period: int = 1500
+    # the pairs ``select`` left out: a curve member's verdict is read on its pair whatever the
+    # selection (``member_pair``)
+    verdict_pairs: Tuple[Pair, ...] = ()
+
+    def member_pair(self, curve: Curve, model: str) -> Optional[Pair]:
+        """The pair a curve member's verdict is read on (its ``metric``, ``noise_from``): the
+        first of the suite's pairs whose baseline is the group's and which holds ``model``; None
+        when there is none (then: box AP, the baseline's noise)."""
+        return next((p for p in self.pairs + self.verdict_pairs
+                     if p.models[0] == curve.models[0] and model in p.models[1:]), None)
 
     def check(self) -> None:
         """Every model a pair, an ablation, the sweep or the long schedule names exists; names
@@ -153,9 +190,14 @@ class Suite:
         named = list(self.long_schedule)
         for c in self.curves:
             named += list(c.models)
-            stray = set(c.seeded) - set(c.models)
+            stray = (set(c.seeded) | {m for x in c.claims for m in (x.model, x.other)}) - set(
+                c.models)
             if stray:
-                raise ValueError(f"curve {c.name!r}: seeded models {sorted(stray)} are not members")
+                raise ValueError(f"curve {c.name!r}: seeded or claimed models {sorted(stray)} "
+                                 "are not members")
+            wrong = [x.kind for x in c.claims if x.kind not in CLAIM_KINDS]
+            if wrong:
+                raise ValueError(f"curve {c.name!r}: claim kinds {wrong} not in {CLAIM_KINDS}")
             if len({self.models[m].family for m in c.models if m in self.models}) > 1:
                 raise ValueError(f"curve {c.name!r}: its members must be of one family")
         if len({c.name for c in self.curves} | set(names)) != len(self.curves) + len(names):
@@ -199,7 +241,8 @@ class Suite:
             used |= {m for ms in sweep.baselines.values() for m in ms}
         return Suite(self.name, {k: v for k, v in self.models.items() if k in used}, pairs,
                      ablations, self.max_iter, self.seeds, self.note, sweep, long_schedule,
-                     self.long_factor, curves, self.curve_factor, self.curve_eval_period)
+                     self.long_factor, curves, self.curve_factor, self.curve_eval_period,
+                     verdict_pairs=self.pairs + self.verdict_pairs)
 
 
 def _models(*models: Model) -> Dict[str, Model]:
@@ -387,14 +430,24 @@ _EMBEDDED_ABLATIONS = (
 # Learning curves to the plateau: each group trained once (seed 1) at 6x the schedule (9000
 # iterations, LR steps at 6600 and 8100), evaluated every 1500 iterations. The baseline's curve
 # gives the plateau schedule (curves.py: the first evaluation that gains less than 1.0 box AP over
-# its last two evaluations); the seeded models are then trained with seeds 1-3 at that schedule.
+# its last two evaluations); every member is then trained there with seed 1, the seeded models
+# with seeds 1-3, and the others with seeds 1-3 too when their verdict there differs from the one
+# at 1500 iterations (planning.Planner.plateau_seeded).
 # A curve stops there: the baseline once it has flattened, the other members at the same
 # iteration (curves.stop_reason).
 # The headline group first: its plateau decides the seeded trainings.
 _EMBEDDED_CURVES = (
+    # R^3-CNN Table 1's three claims, stated on the plateau's numbers
     Curve("curve_mask_rcnn_vs_r3cnn", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN",
           ("mask_rcnn", "r3cnn_naive", "cascade_mask_rcnn", "r3cnn_naive_dec"),
-          seeded=("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive")),
+          seeded=("mask_rcnn", "cascade_mask_rcnn", "r3cnn_naive"),
+          claims=(Claim("R^3-CNN (increasing) beats Mask R-CNN (+2.7 box AP)", "r3cnn_naive",
+                        "mask_rcnn", "beats"),
+                  Claim("R^3-CNN (increasing) comes close to the 3-stage cascade (HTC, -0.8; "
+                        "Cascade Mask R-CNN stands in for it here)", "r3cnn_naive",
+                        "cascade_mask_rcnn", "close"),
+                  Claim("decreasing thresholds are within 0.5 AP of increasing (-0.5)",
+                        "r3cnn_naive_dec", "r3cnn_naive", "within", margin=0.5))),
     Curve("curve_faster_vs_offset_bin", "Faster R-CNN, Offset-Bin K=1 and K=2, and PISA",
           ("faster_rcnn", "offset_bin_K1", "offset_bin_K2", "sampler_pisa")),
     Curve("curve_nuclei", "Mask R-CNN, Cascade Mask R-CNN and R^3-CNN on nuclei",
