@@ -292,6 +292,8 @@ def test_main_on_fresh_models(tmp_path, datasets_dir):
 
 def test_refuses_bad_input(tmp_path):
     opts = ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="--out comes after the KEY VALUE pairs"):
+        stages.main(["--config-file", OFFSET_BIN, "MODEL.WEIGHTS", "ob.pth", "--out", "x"])
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
         stages.main(["--config-file", OFFSET_BIN, "MODEL.WEIGHTS", str(tmp_path / "no.pth"),
                      *opts])

@@ -398,6 +398,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     p.add_argument("opts", nargs=argparse.REMAINDER,
                    help="KEY VALUE pairs for both configs, MODEL.WEIGHTS the offset-bin model's")
     args = p.parse_args(argv)
+    late = [o for o in args.opts if o.startswith("--")]
+    if late:  # argparse reads everything after the first KEY as a KEY VALUE pair
+        raise ValueError(f"{late[0]} comes after the KEY VALUE pairs: put the options first")
     if args.per_gt < 1 or args.max_shift < 0 or args.max_scale < 1:
         raise ValueError("--per-gt must be >= 1, --max-shift >= 0 and --max-scale >= 1")
     if args.proposals == "baseline" and args.baseline_weights is None:
