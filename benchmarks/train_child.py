@@ -9,8 +9,8 @@ so the batches already trained on are drawn again and skipped first (their diges
 A run with ``TEST.EVAL_PERIOD`` (a learning curve) records every periodic evaluation's metrics
 in ``curve.json`` as it happens, so that a resumed run keeps the points before its interruption;
 the record's ``curve`` lists them in order. It stops early by the curve's rule (``spec["stop"]``,
-``curves.stop_reason``): its record's ``stopped`` says where and why, and its metrics are those of
-its last evaluation.
+``curves.stop_reason``): its record's ``stopped`` says where and why, its metrics are those of
+its last evaluation, and its weights are saved as ``model_final.pth``.
 Peak memory is the peak resident set size of this process
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; data-loader workers not included).
 """
@@ -214,6 +214,10 @@ def child_train(spec: dict) -> None:
         # again, so this is the run's result: recorded, and the suite goes on.
         diverged = {"iteration": int(trainer.iter), "error": str(e).splitlines()[0][:300]}
     wall = time.perf_counter() - t0
+    if stopped is not None:
+        # the weights it stopped with, where a finished run's are (Planner.weights), as the
+        # checkpoint of its last trained iteration
+        trainer.checkpointer.save("model_final", iteration=stopped["iteration"] - 1)
     steps = timer.times[min(5, max(len(timer.times) - 1, 0)):]  # skip warm-up steps
     merged = config_dict(cfg)
     result = {

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -114,7 +115,8 @@ def test_a_training_stopped_by_the_rule_records_its_last_evaluation(tmp_path):
     assert result["stopped"]["iteration"] == 3 and "1000" in result["stopped"]["why"]
     last = {k: v for k, v in result["curve"][-1].items() if k != "iteration"}
     assert result["metrics"] == last and result["max_iter"] == 5
-    assert not (out / "model_final.pth").exists()  # iterations 4 and 5 never ran
+    # its weights: those of its last trained iteration, index 2 (iterations 4 and 5 never ran)
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 2
 
 
 def _planner(tmp_path) -> Planner:
