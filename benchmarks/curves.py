@@ -93,7 +93,7 @@ def plot_curves(title: str, curves: Dict[str, List[dict]], plateau_at: Optional[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, pts in curves.items():
             pts = sorted(pts, key=lambda p: p["iteration"])
@@ -106,9 +106,12 @@ def plot_curves(title: str, curves: Dict[str, List[dict]], plateau_at: Optional[
         ax.set_title(f"box {metric}")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    # one legend under the panels, where it hides no point
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    rows = (len(labels) + 1) // 2
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
