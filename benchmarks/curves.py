@@ -67,10 +67,11 @@ def stop_reason(points: Sequence[dict], stop: Optional[dict]) -> Optional[str]:
     if stop.get("at") is not None and last >= stop["at"]:
         return f"the group's baseline flattened at iteration {stop['at']}"
     if stop.get("rule") == "plateau":
-        it, flat = plateau_iteration(points, stop.get("min_gain", MIN_GAIN))
+        min_gain = stop.get("min_gain", MIN_GAIN)
+        it, flat = plateau_iteration(points, min_gain)
         if flat:
-            return (f"its box AP gained less than {stop.get('min_gain', MIN_GAIN):g} over its "
-                    f"last two evaluations at iteration {it}")
+            return (f"its box AP gained less than {min_gain:g} over its last two evaluations at "
+                    f"iteration {it}")
     return None
 
 

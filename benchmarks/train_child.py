@@ -38,7 +38,13 @@ _FIRST_HANDLERS: Dict[str, list] = {}
 
 class CurveStop(Exception):
     """Raised after an evaluation of a learning curve that ends it (``curves.stop_reason``): the
-    one way out of Detectron2's training loop before MAX_ITER; not an error."""
+    one way out of Detectron2's training loop before MAX_ITER; not an error. ``stopped``: the
+    record's entry, {"iteration", "why"}."""
+
+    def __init__(self, iteration: int, reason: str):
+        self.stopped = {"iteration": iteration,
+                        "why": f"learning curve stopped at iteration {iteration}: {reason}"}
+        super().__init__(self.stopped["why"])
 
 
 def setup_cfg(config: str, opts: List[str]):
@@ -155,7 +161,7 @@ def child_train(spec: dict) -> None:
                 write_json(curve_file, cls.curve)
                 reason = stop_reason(cls.curve, cls.stop)
                 if reason:
-                    raise CurveStop(f"learning curve stopped at iteration {it}: {reason}")
+                    raise CurveStop(it, reason)
             return results
 
         @classmethod
@@ -180,8 +186,7 @@ def child_train(spec: dict) -> None:
     stopped = None
     reason = stop_reason(BenchmarkTrainer.curve, BenchmarkTrainer.stop)
     if reason:  # killed after the evaluation that ended it, before its record was written
-        stopped = {"iteration": BenchmarkTrainer.curve[-1]["iteration"],
-                   "why": f"learning curve stopped: {reason}"}
+        stopped = CurveStop(BenchmarkTrainer.curve[-1]["iteration"], reason).stopped
     elif evaluation_missing(BenchmarkTrainer.curve, start_iter, cfg.TEST.EVAL_PERIOD,
                             cfg.SOLVER.MAX_ITER):
         # stopped during the evaluation at start_iter (its checkpoint came first): do it now
@@ -191,7 +196,7 @@ def child_train(spec: dict) -> None:
             with EventStorage(start_iter - 1):
                 BenchmarkTrainer.test(cfg, trainer.model)
         except CurveStop as e:
-            stopped = {"iteration": start_iter, "why": str(e)}
+            stopped = e.stopped
     if start_iter > 0 and stopped is None:
         # Fast-forward the stream past the start_iter batches the checkpoint has trained on: the
         # same sampler indices and augmentation draws (the loader's workers take turns in a fixed
@@ -208,7 +213,7 @@ def child_train(spec: dict) -> None:
         if stopped is None:
             trainer.train()
     except CurveStop as e:
-        stopped = {"iteration": BenchmarkTrainer.curve[-1]["iteration"], "why": str(e)}
+        stopped = e.stopped
     except FloatingPointError as e:
         # Detectron2's check for Inf/NaN losses or boxes. A rerun with the same seed diverges
         # again, so this is the run's result: recorded, and the suite goes on.
