@@ -1,4 +1,5 @@
-"""The small CPU backbone of the embedded configs and the RoI box-predictor registry."""
+"""The small CPU backbone of the embedded configs, the RoI box-predictor registry, and RoIAlign
+whose CPU backward runs on every thread (torchvision's gradient, bitwise)."""
 from .backbone import (
     build_small_resnet_backbone,
     build_small_resnet_fpn_backbone,
@@ -10,8 +11,10 @@ from .box_predictor import (
     SoftmaxClassificationMixin,
     build_box_predictor,
 )
+from .roi_align import ChannelParallelROIAlign, parallelize_roi_align_backward
 
 __all__ = [
+    "ChannelParallelROIAlign",
     "ROI_BOX_PREDICTOR_REGISTRY",
     "PredictorFromConfigMixin",
     "SoftmaxClassificationMixin",
@@ -19,4 +22,5 @@ __all__ = [
     "build_small_resnet_backbone",
     "build_small_resnet_fpn_backbone",
     "build_small_retinanet_resnet_fpn_backbone",
+    "parallelize_roi_align_backward",
 ]

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Training-step time with torchvision's serial CPU RoIAlign backward and with the channel-parallel
+one of ``d2infra.modeling.roi_align``, in one process, on the same model and batches.
+
+    python benchmarks/roi_align_backward.py --config-file configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml
+
+First it checks that one step's gradients are bitwise equal under both (same weights, batch and
+RNG state). Then ``--rounds`` times, it times ``--iters`` steps of each, alternating which goes
+first (a shared machine's drift hits both alike), and prints one Markdown row: the median seconds
+per step of each, their ratio, the command, machine and date. The optimizer is plain SGD on the
+built model, as in the trainings; the weights move on between the timed steps.
+"""
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=5, help="timed steps per variant and round")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config opts (KEY VALUE ...)")
+    args = p.parse_args()
+    import torch
+    from detectron2.layers import ROIAlign
+    from detectron2.utils.events import EventStorage
+
+    from d2infra.data import ensure_generated, register_coco_format_datasets
+    from records import machine_description  # benchmarks/ (this script's directory)
+    from d2infra.modeling.roi_align import ChannelParallelROIAlign
+    from train_net import Trainer, build_cfg
+
+    cfg = build_cfg(args.config_file, ["DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+                    + args.opts)
+    register_coco_format_datasets(cfg)
+    for name in cfg.DATASETS.TRAIN:
+        ensure_generated(name)
+    model = Trainer.build_model(cfg)  # on the CPU: channel-parallel RoIAlign modules
+    poolers = [m for m in model.modules() if isinstance(m, ROIAlign)]
+    if not poolers:
+        raise SystemExit(f"{args.config_file}: the model has no RoIAlign")
+    model.train()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    batches = iter(Trainer.build_train_loader(cfg))
+
+    def use(parallel: bool) -> None:
+        for m in poolers:  # the same modules, only the class (no state of its own) changes
+            m.__class__ = ChannelParallelROIAlign if parallel else ROIAlign
+
+    def grads(batch, parallel: bool):
+        use(parallel)
+        torch.manual_seed(0)  # the RoI heads sample proposals at random
+        optimizer.zero_grad()
+        sum(model(batch).values()).backward()
+        return [q.grad.clone() for q in model.parameters() if q.grad is not None]
+
+    def step(batch) -> float:
+        start = time.perf_counter()
+        loss = sum(model(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    times = {False: [], True: []}
+    with EventStorage(0):
+        batch = next(batches)
+        same = all(torch.equal(a, b) for a, b in zip(grads(batch, False), grads(batch, True)))
+        if not same:
+            raise SystemExit("the gradients differ between the two RoIAlign backwards")
+        for _ in range(args.warmup):
+            step(next(batches))
+        for r in range(args.rounds):
+            for parallel in ((False, True) if r % 2 == 0 else (True, False)):
+                use(parallel)
+                times[parallel] += [step(next(batches)) for _ in range(args.iters)]
+    serial, parallel = statistics.median(times[False]), statistics.median(times[True])
+    print(f"command: python benchmarks/roi_align_backward.py {' '.join(sys.argv[1:])}\n"
+          f"machine: {machine_description()}\ndate: {datetime.date.today().isoformat()}\n")
+    print("| config | RoIAlign modules | s/step, torchvision's backward | s/step, channel-parallel "
+          "| ratio | gradients | steps each |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    print(f"| {os.path.relpath(os.path.abspath(args.config_file), REPO)} | {len(poolers)} "
+          f"| {serial:.3f} | {parallel:.3f} | {parallel / serial:.2f} | bitwise equal "
+          f"| {len(times[True])} |")
+
+if __name__ == "__main__":
+    main()
