@@ -35,7 +35,7 @@ from d2infra.data.checks import check_datasets
 from d2infra.engine import (
     build_optimizer, create_ddp_model, device_fallback_warning, launch, plain_text_log_files,
     resolve_device)
-from d2infra.modeling import parallelize_roi_align_backward
+from d2infra.modeling import parallelize_roi_align
 from imbalance import add_imbalance_config
 from imbalance.diagnostics import insert_imbalance_stats_hook
 from iou_aware import add_iou_aware_config, build_localization_evaluator
@@ -108,14 +108,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """Detectron2's model. On the CPU its RoIAlign backward runs on every intra-op thread,
-        with torchvision's gradient bit for bit (:mod:`d2infra.modeling.roi_align`)."""
+        """Detectron2's model. On the CPU its RoIAlign runs on every intra-op thread, with
+        torchvision's output and gradient bit for bit (:mod:`d2infra.modeling.roi_align`)."""
         model = super().build_model(cfg)
         if torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            n = parallelize_roi_align_backward(model)
-            if n:
-                logger.info(f"RoIAlign backward on {torch.get_num_threads()} threads "
-                            f"({n} RoIAlign modules; torchvision's gradient, bitwise)")
+            n = parallelize_roi_align(model)
+            if n and torch.get_num_threads() > 1:
+                logger.info(f"RoIAlign on {torch.get_num_threads()} threads ({n} RoIAlign "
+                            "modules; torchvision's output and gradient, bitwise)")
         return model
 
     @classmethod

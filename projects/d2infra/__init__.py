@@ -8,7 +8,7 @@
 - :mod:`d2infra.evaluation`: whether Detectron2's fast C++ COCOeval is installed
   (:func:`fast_coco_eval_available`);
 - :mod:`d2infra.modeling`: the small CPU backbone, the RoI box-predictor registry, and RoIAlign
-  whose CPU backward runs on every thread with torchvision's gradient (``modeling/roi_align.py``).
+  on every CPU thread with torchvision's output and gradient (``modeling/roi_align.py``).
 
 Importing this package registers the ``shapes_*`` datasets, the small backbones in
 ``BACKBONE_REGISTRY`` and the predictor registry. ``add_d2infra_config(cfg)`` adds the keys these

@@ -1,5 +1,5 @@
 """The small CPU backbone of the embedded configs, the RoI box-predictor registry, and RoIAlign
-whose CPU backward runs on every thread (torchvision's gradient, bitwise)."""
+on every CPU thread (torchvision's output and gradient, bitwise)."""
 from .backbone import (
     build_small_resnet_backbone,
     build_small_resnet_fpn_backbone,
@@ -11,7 +11,7 @@ from .box_predictor import (
     SoftmaxClassificationMixin,
     build_box_predictor,
 )
-from .roi_align import ChannelParallelROIAlign, parallelize_roi_align_backward
+from .roi_align import ChannelParallelROIAlign, parallelize_roi_align
 
 __all__ = [
     "ChannelParallelROIAlign",
@@ -22,5 +22,5 @@ __all__ = [
     "build_small_resnet_backbone",
     "build_small_resnet_fpn_backbone",
     "build_small_retinanet_resnet_fpn_backbone",
-    "parallelize_roi_align_backward",
+    "parallelize_roi_align",
 ]

@@ -1,78 +1,98 @@
-"""RoIAlign whose CPU backward runs on every intra-op thread, with torchvision's exact gradient.
+"""RoIAlign on every intra-op thread of the CPU, with torchvision's exact output and gradient.
 
-torchvision's CPU ``roi_align`` forward is parallel, but its backward is one serial loop over
-(RoI, channel, bin) that recomputes the bilinear weights for every channel. In the embedded
-R^3-CNN training step it is the largest single op: a third of the step's CPU time
-(``benchmarks/profile_step.py``), while the other cores wait.
+torchvision's CPU ``roi_align`` kernels, forward and backward, are serial loops over (RoI,
+channel, bin); the backward also recomputes the bilinear weights for every channel. In the
+embedded R^3-CNN training step the backward is the largest single op, a quarter to a third of the
+step's CPU time (``benchmarks/profile_step.py``), while the other cores wait.
 
-The gradient of one input channel depends only on the same channel of the output gradient. So
-:func:`roi_align_backward_by_channels` splits the channels into chunks and runs torchvision's own
-backward kernel on each chunk in a thread of its own (the op releases the GIL). Within a chunk the
-kernel visits the RoIs in the same order as the full call, so every pixel's sum is formed in the
-same order: the gradient is bitwise torchvision's, not only close to it.
+One channel of the output, and of the input's gradient, depends on that channel alone. So
+:func:`roi_align_by_channels` and :func:`roi_align_backward_by_channels` split the channels into
+chunks and run torchvision's own kernel on each chunk in a thread of its own (the op releases the
+GIL). Within a chunk the kernel visits the RoIs in the same order as the full call, so every sum
+is formed in the same order: the results are bitwise torchvision's, not only close to them.
 
-:class:`ChannelParallelROIAlign` is Detectron2's :class:`~detectron2.layers.ROIAlign` with that
-backward; its forward is torchvision's. :func:`parallelize_roi_align_backward` puts it in place of
-every ``ROIAlign`` of a built model (the ``ROIPooler`` levels). ``train_net.py`` does so for a model
-on the CPU. On CUDA nothing changes: torchvision's CUDA backward is parallel already.
+:class:`ChannelParallelROIAlign` is Detectron2's :class:`~detectron2.layers.ROIAlign` computed so.
+:func:`parallelize_roi_align` puts it in place of every ``ROIAlign`` of a built model (the
+``ROIPooler`` levels); ``train_net.py`` does so for a model on the CPU. On CUDA nothing changes.
+
+The chunks other than the first run in threads of a process-wide pool: a ``torch.profiler``
+profile records the calling thread's chunk only (about the op's wall time, not its CPU time).
 """
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from detectron2.layers import ROIAlign
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ChannelParallelROIAlign", "parallelize_roi_align_backward",
-           "roi_align_backward_by_channels"]
+__all__ = ["ChannelParallelROIAlign", "parallelize_roi_align", "roi_align_backward_by_channels",
+           "roi_align_by_channels"]
 
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_workers = 0
 _pool_lock = threading.Lock()
 
 
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """One process-wide pool, grown when more workers are asked for."""
+def _reset_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: it makes a pool of its own."""
+    global _pool, _pool_workers, _pool_lock
+    _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_pool_after_fork)
+
+
+def _by_chunks(fn: Callable[[int, int], torch.Tensor], channels: int,
+               chunks: Optional[int]) -> torch.Tensor:
+    """``fn(start, stop)`` for ``chunks`` (default ``torch.get_num_threads()``) consecutive ranges
+    of the channels, all at once (the calling thread takes the first), concatenated along dim 1."""
     global _pool, _pool_workers
+    chunks = max(1, min(chunks or torch.get_num_threads(), channels))
+    bounds = [channels * i // chunks for i in range(chunks + 1)]
+    if chunks == 1:
+        return fn(0, channels)
+
+    def run(i: int) -> torch.Tensor:
+        with torch.no_grad():  # grad mode is per thread; these results need no graph
+            return fn(bounds[i], bounds[i + 1])
+
     with _pool_lock:
-        if _pool is None or _pool_workers < workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align_bwd")
-            _pool_workers = workers
-        return _pool
+        if _pool_workers < chunks - 1:  # a larger pool; one in use elsewhere finishes its work
+            _pool = ThreadPoolExecutor(max_workers=chunks - 1, thread_name_prefix="roi_align")
+            _pool_workers = chunks - 1
+        futures = [_pool.submit(run, i) for i in range(1, chunks)]
+    return torch.cat([run(0)] + [f.result() for f in futures], dim=1)
+
+
+def roi_align_by_channels(input: torch.Tensor, rois: torch.Tensor, spatial_scale: float,
+                          output_size: Tuple[int, int], sampling_ratio: int, aligned: bool,
+                          chunks: Optional[int] = None) -> torch.Tensor:
+    """torchvision's ``roi_align`` of ``input`` (N, C, H, W) over ``rois`` (R, 5), run on ``chunks``
+    slices of the channels at once (default: ``torch.get_num_threads()``). Bitwise equal to one
+    full call."""
+    return _by_chunks(lambda c0, c1: torch.ops.torchvision.roi_align(
+        input[:, c0:c1], rois, spatial_scale, output_size[0], output_size[1], sampling_ratio,
+        aligned), input.shape[1], chunks)
 
 
 def roi_align_backward_by_channels(grad: torch.Tensor, rois: torch.Tensor, spatial_scale: float,
                                    output_size: Tuple[int, int], input_shape: torch.Size,
                                    sampling_ratio: int, aligned: bool,
                                    chunks: Optional[int] = None) -> torch.Tensor:
-    """The gradient of RoIAlign's input: torchvision's ``_roi_align_backward`` run on ``chunks``
-    slices of the channels at once (default: ``torch.get_num_threads()``), concatenated.
-
-    ``grad`` is the output's gradient (R, C, h, w), ``rois`` the (R, 5) boxes given to the
-    forward, ``input_shape`` the input's (N, C, H, W). Bitwise equal to one full call."""
-    op = torch.ops.torchvision._roi_align_backward
+    """The gradient of RoIAlign's input: torchvision's ``_roi_align_backward`` of ``grad`` (the
+    output's gradient, (R, C, h, w)) for an input of ``input_shape`` (N, C, H, W), run on ``chunks``
+    slices of the channels at once (default: ``torch.get_num_threads()``). Bitwise equal to one
+    full call."""
     n, c, h, w = input_shape
-    chunks = min(chunks or torch.get_num_threads(), c)
-
-    def backward(part: torch.Tensor) -> torch.Tensor:
-        return op(part, rois, spatial_scale, output_size[0], output_size[1], n, part.shape[1],
-                  h, w, sampling_ratio, aligned)
-
-    if chunks <= 1 or rois.shape[0] == 0:
-        return backward(grad)
-    parts = [p.contiguous() for p in torch.tensor_split(grad, chunks, dim=1)]
-    pool = _thread_pool(chunks - 1)
-    # the calling thread takes the first chunk, the pool the others
-    futures = [pool.submit(backward, p) for p in parts[1:]]
-    out = [backward(parts[0])] + [f.result() for f in futures]
-    return torch.cat(out, dim=1)
+    return _by_chunks(lambda c0, c1: torch.ops.torchvision._roi_align_backward(
+        grad[:, c0:c1], rois, spatial_scale, output_size[0], output_size[1], n, c1 - c0, h, w,
+        sampling_ratio, aligned), c, chunks)
 
 
 class _ChannelParallelRoIAlignFunction(torch.autograd.Function):
-    """torchvision's ``roi_align`` forward; the backward of :func:`roi_align_backward_by_channels`.
+    """:func:`roi_align_by_channels` with :func:`roi_align_backward_by_channels` as its backward.
     No gradient flows to the boxes, as in torchvision."""
 
     @staticmethod
@@ -81,16 +101,16 @@ class _ChannelParallelRoIAlignFunction(torch.autograd.Function):
         ctx.save_for_backward(rois)
         ctx.spatial_scale, ctx.output_size = spatial_scale, output_size
         ctx.sampling_ratio, ctx.aligned, ctx.input_shape = sampling_ratio, aligned, input.shape
-        return torch.ops.torchvision.roi_align(input, rois, spatial_scale, output_size[0],
-                                               output_size[1], sampling_ratio, aligned)
+        return roi_align_by_channels(input, rois, spatial_scale, output_size, sampling_ratio,
+                                     aligned)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (rois,) = ctx.saved_tensors
         grad_input = roi_align_backward_by_channels(
-            grad.contiguous(), rois, ctx.spatial_scale, ctx.output_size, ctx.input_shape,
-            ctx.sampling_ratio, ctx.aligned)
+            grad, rois, ctx.spatial_scale, ctx.output_size, ctx.input_shape, ctx.sampling_ratio,
+            ctx.aligned)
         return grad_input, None, None, None, None, None
 
 
@@ -102,30 +122,34 @@ def _autocast_on() -> bool:
 
 
 class ChannelParallelROIAlign(ROIAlign):
-    """Detectron2's ``ROIAlign`` whose CPU backward uses every intra-op thread (same gradient,
-    bitwise). It differs from ``ROIAlign`` only when training in float32 or float64 on the CPU with
-    more than one thread and no autocast; otherwise it is ``ROIAlign`` itself."""
+    """Detectron2's ``ROIAlign`` on every intra-op thread (same output and gradient, bitwise). It
+    differs from ``ROIAlign`` only for float32 or float64 on the CPU with more than one thread and
+    no autocast; otherwise, and when scripted or traced, it is ``ROIAlign`` itself."""
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        if not (input.device.type == "cpu" and input.requires_grad and torch.is_grad_enabled()
-                and input.dtype in (torch.float32, torch.float64) and not input.is_quantized
-                and not _autocast_on() and torch.get_num_threads() > 1):
+        if (torch.jit.is_scripting() or torch.jit.is_tracing() or input.device.type != "cpu"
+                or input.dtype not in (torch.float32, torch.float64) or input.is_quantized
+                or torch.get_num_threads() < 2 or _autocast_on()):
             return super().forward(input, rois)
         assert rois.dim() == 2 and rois.size(1) == 5
-        output_size = self.output_size
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        return _ChannelParallelRoIAlignFunction.apply(
-            input, rois.to(dtype=input.dtype), float(self.spatial_scale),
-            (int(output_size[0]), int(output_size[1])), int(self.sampling_ratio),
-            bool(self.aligned))
+        size = self.output_size
+        size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        args = (rois.to(dtype=input.dtype), float(self.spatial_scale), size,
+                int(self.sampling_ratio), bool(self.aligned))
+        if input.requires_grad and torch.is_grad_enabled():
+            return _ChannelParallelRoIAlignFunction.apply(input, *args)
+        return roi_align_by_channels(input, *args)
+
+    def __prepare_scriptable__(self) -> ROIAlign:
+        """``torch.jit.script`` scripts Detectron2's ``ROIAlign`` with the same arguments."""
+        return ROIAlign(self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
 
-def parallelize_roi_align_backward(model: torch.nn.Module) -> int:
+def parallelize_roi_align(model: torch.nn.Module) -> int:
     """Replace every :class:`~detectron2.layers.ROIAlign` of ``model`` (exactly that class, not a
     subclass of it) by a :class:`ChannelParallelROIAlign` with the same arguments, and return how
     many. The modules hold no parameters or buffers: ``state_dict`` keys stay the same."""
-    replaced = []
+    replaced: List[Tuple[torch.nn.Module, str, ROIAlign]] = []
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is ROIAlign:

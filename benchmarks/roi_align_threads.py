@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Training-step time with torchvision's serial CPU RoIAlign backward and with the channel-parallel
-one of ``d2infra.modeling.roi_align``, in one process, on the same model and batches.
+"""Training-step time with torchvision's serial CPU RoIAlign and with the channel-parallel one of
+``d2infra.modeling.roi_align`` (``train_net.py``'s on the CPU), in one process, on the same model
+and batches.
 
-    python benchmarks/roi_align_backward.py --config-file configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml
+    python benchmarks/roi_align_threads.py --config-file configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml
 
-First it checks that one step's gradients are bitwise equal under both (same weights, batch and
-RNG state). Then ``--rounds`` times, it times ``--iters`` steps of each, alternating which goes
+It needs more than one torch thread. First it checks that one step's losses and gradients are
+bitwise equal under both (same weights, batch and RNG state). Then ``--rounds`` times, it times ``--iters`` steps of each, alternating which goes
 first (a shared machine's drift hits both alike), and prints one Markdown row: the median seconds
 per step of each, their ratio, the command, machine and date. The optimizer is plain SGD on the
 built model, as in the trainings; the weights move on between the timed steps.
@@ -38,6 +39,9 @@ def main() -> None:
     from d2infra.modeling.roi_align import ChannelParallelROIAlign
     from train_net import Trainer, build_cfg
 
+    if torch.get_num_threads() < 2:
+        raise SystemExit(f"torch has {torch.get_num_threads()} thread here (OMP_NUM_THREADS?): "
+                         "the channel-parallel RoIAlign needs 2 or more")
     cfg = build_cfg(args.config_file, ["DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
                     + args.opts)
     register_coco_format_datasets(cfg)
@@ -55,12 +59,14 @@ def main() -> None:
         for m in poolers:  # the same modules, only the class (no state of its own) changes
             m.__class__ = ChannelParallelROIAlign if parallel else ROIAlign
 
-    def grads(batch, parallel: bool):
+    def losses_and_grads(batch, parallel: bool):
         use(parallel)
         torch.manual_seed(0)  # the RoI heads sample proposals at random
         optimizer.zero_grad()
-        sum(model(batch).values()).backward()
-        return [q.grad.clone() for q in model.parameters() if q.grad is not None]
+        losses = model(batch)
+        sum(losses.values()).backward()
+        return {**{k: v.detach() for k, v in losses.items()},
+                **{n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}}
 
     def step(batch) -> float:
         start = time.perf_counter()
@@ -73,9 +79,9 @@ def main() -> None:
     times = {False: [], True: []}
     with EventStorage(0):
         batch = next(batches)
-        same = all(torch.equal(a, b) for a, b in zip(grads(batch, False), grads(batch, True)))
-        if not same:
-            raise SystemExit("the gradients differ between the two RoIAlign backwards")
+        a, b = losses_and_grads(batch, False), losses_and_grads(batch, True)
+        if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+            raise SystemExit("the losses or gradients differ between the two RoIAlign")
         for _ in range(args.warmup):
             step(next(batches))
         for r in range(args.rounds):
@@ -83,10 +89,10 @@ def main() -> None:
                 use(parallel)
                 times[parallel] += [step(next(batches)) for _ in range(args.iters)]
     serial, parallel = statistics.median(times[False]), statistics.median(times[True])
-    print(f"command: python benchmarks/roi_align_backward.py {' '.join(sys.argv[1:])}\n"
+    print(f"command: python benchmarks/roi_align_threads.py {' '.join(sys.argv[1:])}\n"
           f"machine: {machine_description()}\ndate: {datetime.date.today().isoformat()}\n")
-    print("| config | RoIAlign modules | s/step, torchvision's backward | s/step, channel-parallel "
-          "| ratio | gradients | steps each |")
+    print("| config | RoIAlign modules | s/step, torchvision's RoIAlign | s/step, channel-parallel "
+          "| ratio | losses and gradients | steps each |")
     print("|---|---:|---:|---:|---:|---|---:|")
     print(f"| {os.path.relpath(os.path.abspath(args.config_file), REPO)} | {len(poolers)} "
           f"| {serial:.3f} | {parallel:.3f} | {parallel / serial:.2f} | bitwise equal "
