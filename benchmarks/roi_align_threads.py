@@ -6,10 +6,11 @@ and batches.
     python benchmarks/roi_align_threads.py --config-file configs/r3cnn/r3cnn_naive_smallR_FPN_shapes.yaml
 
 It needs more than one torch thread. First it checks that one step's losses and gradients are
-bitwise equal under both (same weights, batch and RNG state). Then ``--rounds`` times, it times ``--iters`` steps of each, alternating which goes
-first (a shared machine's drift hits both alike), and prints one Markdown row: the median seconds
-per step of each, their ratio, the command, machine and date. The optimizer is plain SGD on the
-built model, as in the trainings; the weights move on between the timed steps.
+bitwise equal under both (same weights, batch and RNG state). Then ``--rounds`` times, it times
+``--iters`` steps of each, alternating which goes first (a shared machine's drift hits both
+alike). It prints the command, machine and date, and a Markdown row: the median seconds per step
+of each, and their ratio. The optimizer is train_net.py's, on the built model; the weights move on
+between the timed steps.
 """
 import argparse
 import datetime
@@ -35,8 +36,8 @@ def main() -> None:
     from detectron2.utils.events import EventStorage
 
     from d2infra.data import ensure_generated, register_coco_format_datasets
-    from records import machine_description  # benchmarks/ (this script's directory)
     from d2infra.modeling.roi_align import ChannelParallelROIAlign
+    from records import machine_description  # benchmarks/ (this script's directory)
     from train_net import Trainer, build_cfg
 
     if torch.get_num_threads() < 2:
@@ -97,6 +98,7 @@ def main() -> None:
     print(f"| {os.path.relpath(os.path.abspath(args.config_file), REPO)} | {len(poolers)} "
           f"| {serial:.3f} | {parallel:.3f} | {parallel / serial:.2f} | bitwise equal "
           f"| {len(times[True])} |")
+
 
 if __name__ == "__main__":
     main()
