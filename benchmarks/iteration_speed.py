@@ -37,6 +37,20 @@ def _synchronize(model: torch.nn.Module) -> None:
         torch.cuda.synchronize(param.device)
 
 
+def build_training(config_file: str, opts: list):
+    """``(cfg, model, optimizer, train loader)`` of a config as ``train_net.py`` builds them, with
+    no loader workers (to time or profile the step itself) and its training sets generated."""
+    from d2infra.data import ensure_generated, register_coco_format_datasets
+    from train_net import build_cfg
+
+    cfg = build_cfg(config_file, ["DATALOADER.NUM_WORKERS", "0"] + list(opts))
+    register_coco_format_datasets(cfg)
+    for name in cfg.DATASETS.TRAIN:
+        ensure_generated(name)
+    model = Trainer.build_model(cfg)
+    return cfg, model, Trainer.build_optimizer(cfg, model), Trainer.build_train_loader(cfg)
+
+
 def time_training_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader,
                         warmup: int, iters: int) -> List[float]:
     """Seconds of each of ``iters`` training steps (forward, backward, SGD step) after ``warmup``

@@ -24,17 +24,11 @@ def main() -> None:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from d2infra.data import ensure_generated, register_coco_format_datasets
-    from train_net import Trainer, build_cfg
+    from iteration_speed import build_training  # benchmarks/ (this script's directory)
 
-    cfg = build_cfg(args.config_file, ["DATALOADER.NUM_WORKERS", "0"] + args.opts)
-    register_coco_format_datasets(cfg)
-    for name in cfg.DATASETS.TRAIN:
-        ensure_generated(name)
-    model = Trainer.build_model(cfg)
+    _, model, optimizer, loader = build_training(args.config_file, args.opts)
     model.train()
-    optimizer = Trainer.build_optimizer(cfg, model)
-    batches = iter(Trainer.build_train_loader(cfg))
+    batches = iter(loader)
 
     def step():
         loss = sum(model(next(batches)).values())

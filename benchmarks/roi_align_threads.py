@@ -17,7 +17,6 @@ import datetime
 import os
 import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -35,26 +34,22 @@ def main() -> None:
     from detectron2.layers import ROIAlign
     from detectron2.utils.events import EventStorage
 
-    from d2infra.data import ensure_generated, register_coco_format_datasets
     from d2infra.modeling.roi_align import ChannelParallelROIAlign
-    from records import machine_description  # benchmarks/ (this script's directory)
-    from train_net import Trainer, build_cfg
+    # benchmarks/ (this script's directory)
+    from iteration_speed import build_training, time_training_steps
+    from records import machine_description
 
     if torch.get_num_threads() < 2:
         raise SystemExit(f"torch has {torch.get_num_threads()} thread here (OMP_NUM_THREADS?): "
                          "the channel-parallel RoIAlign needs 2 or more")
-    cfg = build_cfg(args.config_file, ["DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
-                    + args.opts)
-    register_coco_format_datasets(cfg)
-    for name in cfg.DATASETS.TRAIN:
-        ensure_generated(name)
-    model = Trainer.build_model(cfg)  # on the CPU: channel-parallel RoIAlign modules
+    # on the CPU, train_net's model has channel-parallel RoIAlign modules
+    _, model, optimizer, loader = build_training(args.config_file,
+                                                 ["MODEL.DEVICE", "cpu"] + args.opts)
     poolers = [m for m in model.modules() if isinstance(m, ROIAlign)]
     if not poolers:
         raise SystemExit(f"{args.config_file}: the model has no RoIAlign")
     model.train()
-    optimizer = Trainer.build_optimizer(cfg, model)
-    batches = iter(Trainer.build_train_loader(cfg))
+    batches = iter(loader)
 
     def use(parallel: bool) -> None:
         for m in poolers:  # the same modules, only the class (no state of its own) changes
@@ -69,26 +64,17 @@ def main() -> None:
         return {**{k: v.detach() for k, v in losses.items()},
                 **{n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}}
 
-    def step(batch) -> float:
-        start = time.perf_counter()
-        loss = sum(model(batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
     times = {False: [], True: []}
     with EventStorage(0):
         batch = next(batches)
         a, b = losses_and_grads(batch, False), losses_and_grads(batch, True)
         if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
             raise SystemExit("the losses or gradients differ between the two RoIAlign")
-        for _ in range(args.warmup):
-            step(next(batches))
-        for r in range(args.rounds):
-            for parallel in ((False, True) if r % 2 == 0 else (True, False)):
-                use(parallel)
-                times[parallel] += [step(next(batches)) for _ in range(args.iters)]
+    time_training_steps(model, optimizer, batches, args.warmup, 0)
+    for r in range(args.rounds):
+        for parallel in ((False, True) if r % 2 == 0 else (True, False)):
+            use(parallel)
+            times[parallel] += time_training_steps(model, optimizer, batches, 0, args.iters)
     serial, parallel = statistics.median(times[False]), statistics.median(times[True])
     print(f"command: python benchmarks/roi_align_threads.py {' '.join(sys.argv[1:])}\n"
           f"machine: {machine_description()}\ndate: {datetime.date.today().isoformat()}\n")
