@@ -8,8 +8,8 @@ accuracy, parameters, speed and memory.
     python benchmarks/run.py --suite embedded --report         # report of the records so far
     python benchmarks/run.py --suite embedded --curves         # learning curves so far
     python benchmarks/run.py --suite embedded --quick --only fcos_vs_iou_aware   # CI smoke run
-    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-07.json   # Results text
-    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-07.json --into docs/RESULTS.md
+    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-08.json   # Results text
+    python benchmarks/run.py --readme benchmarks/results/embedded-2026-12-08.json --into docs/RESULTS.md
 
 The code is split along its seams: planning (``suites.py``: what to compare; ``lr_sweep.py``: the
 rate rule; ``planning.py``: the pieces, their order, status and time), running (``running.py``:
